@@ -1,0 +1,210 @@
+"""Study `large_batch`: Hoffer, Hubara & Soudry 2017, "Train longer, generalize better".
+
+Model: the paper's F1-style MLP (depth x [Linear, BN, ReLU]) on flattened generated
+images. Why: on 2 CPU cores it trains in seconds per epoch at every batch size, and
+the effect under test (too few updates, not large batches as such) is an
+optimisation-budget effect that an MLP shows as clearly as a ResNet.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from skeptic.data import load_dataset
+from skeptic.study import Study, TrialResult, Verdict, register_study
+from skeptic.trial import TrialContext
+from torch import nn
+
+from jobs.large_batch.ghost_bn import make_norm
+from jobs.large_batch.verdict import judge
+
+ARMS = {  # the paper's Table 1 arms; SB's batch size is base_batch
+    "SB": {"lr_rule": "none", "ghost_batch": None, "regime": "fixed"},
+    "LB": {"lr_rule": "none", "ghost_batch": None, "regime": "fixed"},
+    "+LR": {"lr_rule": "sqrt", "ghost_batch": None, "regime": "fixed"},
+    "+GBN": {"lr_rule": "sqrt", "ghost_batch": 64, "regime": "fixed"},
+    "+RA": {"lr_rule": "sqrt", "ghost_batch": 64, "regime": "adapted"},
+}
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int = Field(1024, ge=1)
+    base_batch: int = Field(64, ge=1, description="the small-batch reference B_small")
+    lr: float = Field(0.05, gt=0, description="learning rate (scaled by sweep.derive)")
+    lr_rule: Literal["none", "linear", "sqrt"] = "none"
+    ghost_batch: int | None = Field(None, ge=1, description="Ghost BN chunk; None = plain BN")
+    regime: Literal["fixed", "adapted"] = "fixed"
+    epochs: int = Field(10, ge=1, description="epochs of the small-batch regime")
+    lr_drops: list[float] = Field([0.5, 0.75], description="fractions of training where lr /= 10")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    clip_norm: float = Field(5.0, gt=0)
+    width: int = Field(256, ge=1)
+    depth: int = Field(5, ge=1)
+
+
+def epochs_for(p: Params) -> int:
+    """Regime adaptation: multiply epochs by B / B_small so the number of updates is kept."""
+    if p.regime == "adapted":
+        return max(1, round(p.epochs * p.batch_size / p.base_batch))
+    return p.epochs
+
+
+def lr_at(p: Params, epoch: int, total: int) -> float:
+    drops = sum(epoch >= math.floor(f * total) for f in p.lr_drops)
+    return p.lr * 0.1**drops
+
+
+class MLP(nn.Module):
+    def __init__(self, in_features: int, classes: int, width: int, depth: int, ghost: int | None):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        for i in range(depth):
+            layers += [nn.Linear(in_features if i == 0 else width, width), make_norm(width, ghost)]
+            layers.append(nn.ReLU())
+        layers.append(nn.Linear(width, classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _weights(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    model.eval()
+    with torch.no_grad():
+        logits = torch.cat([model(xb) for xb in x.split(2048)])
+    model.train()
+    loss = nn.functional.cross_entropy(logits, y).item()
+    return loss, (logits.argmax(1) == y).float().mean().item()
+
+
+@register_study
+class LargeBatch(Study):
+    name = "large_batch"
+    belief = "Large-batch training generalizes worse, inherently."
+    paper = (
+        "Hoffer, Hubara & Soudry 2017, 'Train longer, generalize better: closing the "
+        "generalization gap in large batch training of neural networks' (NeurIPS)"
+    )
+    Params = Params
+    defaults: ClassVar[dict] = {
+        "data": {"name": "shapes", "size": 12000, "image_size": 16, "val_fraction": 0.2},
+        "resources": {"cpu": 1},
+        "train": {"base_batch": 64, "lr": 0.05, "epochs": 10},
+        "sweep": {
+            "space": {"batch_size": {"grid": [256, 1024]}},
+            "arms": {**{k: v for k, v in ARMS.items() if k != "SB"}, "SB": {**ARMS["SB"], "batch_size": 64}},
+            "derive": {"lr": {"source": "batch_size", "reference": 64, "rule_from": "lr_rule"}},
+            "seeds": 3,
+        },
+    }
+    smoke: ClassVar[dict] = {
+        "data": {"size": 1200, "image_size": 8},
+        "train": {"epochs": 2, "width": 64, "depth": 2, "base_batch": 32},
+        "sweep": {
+            "space": {"batch_size": {"grid": [256]}},
+            "arms": {
+                "SB": {**ARMS["SB"], "batch_size": 32},
+                "LB": ARMS["LB"],
+                "+RA": {**ARMS["+RA"], "ghost_batch": 32},
+            },
+            "derive": {"lr": {"source": "batch_size", "reference": 32, "rule_from": "lr_rule"}},
+            "seeds": 1,
+        },
+    }
+
+    def run_name(self, params: dict[str, Any], swept: list[str]) -> str:
+        """e.g. `+RA-bs1024-lr0.2-gbn64-adapted-s0`."""
+        gbn = params.get("ghost_batch") or "off"
+        return (
+            f"{params.get('arm', 'trial')}-bs{params['batch_size']}-lr{params['lr']:.3g}"
+            f"-gbn{gbn}-{params['regime']}-s{params['seed']}"
+        )
+
+    def prepare_data(self, spec: Any) -> dict[str, Any]:
+        d = spec.data
+        ds = load_dataset(
+            d.name, d.size, d.val_fraction, seed=d.seed, domain=d.domain, path=d.path, image_size=d.image_size
+        )
+        return {
+            "x_train": ds.x_train, "y_train": ds.y_train,
+            "x_val": ds.x_val, "y_val": ds.y_val, "classes": list(ds.classes),
+        }  # fmt: skip
+
+    def train(self, ctx: TrialContext) -> None:
+        p: Params = ctx.params
+        data, dev = ctx.data, ctx.device
+        x, y = (torch.tensor(data[k], device=dev) for k in ("x_train", "y_train"))
+        xv, yv = (torch.tensor(data[k], device=dev) for k in ("x_val", "y_val"))
+        config = self.model_config_for(p, x.shape[1:], len(data["classes"]), data["classes"])
+        model = self.build_model(config).to(dev)
+        opt = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+        w0 = _weights(model)
+        if ctx.state:
+            model.load_state_dict(ctx.state["model"])
+            opt.load_state_dict(ctx.state["optimizer"])
+            w0 = ctx.state["w0"].to(dev)
+        total = epochs_for(p)
+        for epoch in range(ctx.start_epoch, total):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(p, epoch, total)
+            # the order depends on (seed, epoch) only, so a resumed trial replays it exactly
+            gen = torch.Generator().manual_seed(ctx.seed * 100_003 + epoch)
+            train_loss, train_acc = self._epoch(model, opt, x, y, p, gen)
+            val_loss, val_acc = evaluate(model, xv, yv)
+            metrics = {
+                "train_loss": train_loss, "train_acc": train_acc,
+                "val_loss": val_loss, "val_acc": val_acc,
+                "gap": train_acc - val_acc, "lr": lr_at(p, epoch, total),
+                "updates": (epoch + 1) * math.ceil(len(x) / p.batch_size),
+                "weight_distance": (_weights(model) - w0).norm().item(),
+            }  # fmt: skip
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "w0": w0.cpu(), "model_config": config}
+            ctx.report(metrics, state, samples=len(x), progress=(epoch + 1) / total)
+
+    @staticmethod
+    def _epoch(model, opt, x, y, p: Params, gen: torch.Generator) -> tuple[float, float]:
+        order = torch.randperm(len(x), generator=gen).to(x.device)
+        loss_sum = correct = 0.0
+        for idx in order.split(p.batch_size):
+            logits = model(x[idx])
+            loss = nn.functional.cross_entropy(logits, y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), p.clip_norm)
+            opt.step()
+            loss_sum += loss.item() * len(idx)
+            correct += (logits.argmax(1) == y[idx]).sum().item()
+        return loss_sum / len(x), correct / len(x)
+
+    # --- the registered model ---
+
+    @staticmethod
+    def model_config_for(p: Params, shape: tuple, classes: int, names: list[str]) -> dict[str, Any]:
+        return {
+            "input_shape": list(shape), "num_classes": classes, "class_names": list(names),
+            "width": p.width, "depth": p.depth, "ghost_batch": p.ghost_batch,
+        }  # fmt: skip
+
+    def build_model(self, config: dict[str, Any]) -> nn.Module:
+        in_features = int(np.prod(config["input_shape"]))
+        return MLP(in_features, config["num_classes"], config["width"], config["depth"], config["ghost_batch"])
+
+    def model_input_example(self, config: dict[str, Any]) -> np.ndarray:
+        return np.zeros((2, *config["input_shape"]), dtype=np.float32)
+
+    def model_metadata(self, config: dict[str, Any]) -> dict[str, Any]:
+        return {"input_shape": config["input_shape"], "class_names": config["class_names"]}
+
+    def verdict(self, results: list[TrialResult], spec: Any) -> Verdict:
+        return judge(results, self.metric)

@@ -1,0 +1,3 @@
+from skeptic.cli import main
+
+raise SystemExit(main())

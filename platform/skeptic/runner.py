@@ -1,0 +1,288 @@
+"""`skeptic run`: one study, swept by Ray Tune, tracked in MLflow, judged, its champion registered.
+
+Read top to bottom: plan the trials, check resources, prepare data once, open the
+parent run, let Tune run `trial.run_trial` for every point, collect, judge, report,
+register.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from mlflow.tracking import MlflowClient
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+from skeptic import tracking
+from skeptic.progress import Progress
+from skeptic.registry import register_champion
+from skeptic.report import write_report
+from skeptic.spec import Dim, Spec, SpecError, count_trials, grid_points
+from skeptic.study import Study, TrialResult, Verdict
+from skeptic.trial import STATE_FILE, TrialSetup, run_trial
+
+DEFAULT_STORAGE = "skeptic-runs"
+
+
+@dataclass
+class SweepOutcome:
+    sweep_id: str
+    parent_run_id: str
+    verdict: Verdict
+    report: Path
+    results: list[TrialResult]
+    champion_version: str | None
+
+
+# ---- planning ----------------------------------------------------------------
+
+
+def _tune_dim(dim: Dim) -> Any:
+    if dim.kind == "choice":
+        return tune.choice(dim.choice)
+    if dim.kind == "uniform":
+        return tune.uniform(*dim.uniform)
+    return tune.loguniform(*dim.loguniform)
+
+
+def random_dims(spec: Spec) -> dict[str, Dim]:
+    return {k: d for k, d in spec.sweep.space.items() if d.kind != "grid"}
+
+
+def param_space(spec: Spec) -> dict[str, Any]:
+    """Grid points (already crossed with arms and de-duplicated) x seeds x random dims."""
+    seeds = [spec.sweep.base_seed + i for i in range(spec.sweep.seeds)]
+    space = {"point": tune.grid_search(grid_points(spec)), "seed": tune.grid_search(seeds)}
+    space.update({k: _tune_dim(d) for k, d in random_dims(spec).items()})
+    return space
+
+
+def swept_names(spec: Spec) -> list[str]:
+    names = [k for k, d in spec.sweep.space.items()]
+    names += [k for arm in spec.sweep.arms.values() for k in arm if k not in names]
+    names += [k for k in spec.sweep.derive if k not in names]
+    return (["arm"] if spec.sweep.arms else []) + names
+
+
+def describe_plan(study: Study, spec: Spec) -> str:
+    """What --dry-run prints: the trial count and every grid point."""
+    points = grid_points(spec)
+    lines = [
+        (
+            f"study {study.name}: {count_trials(spec)} trials = {len(points)} grid points"
+            f" x {spec.sweep.seeds} seeds x {spec.sweep.num_samples} samples"
+        ),
+        (
+            f"scheduler {spec.sweep.scheduler.kind}, per trial cpu={spec.resources.cpu}"
+            f" gpu={spec.resources.gpu}, max concurrent {spec.sweep.max_concurrent_trials or 'auto'}"
+        ),
+    ]
+    for name, dim in random_dims(spec).items():
+        lines.append(f"sampled per trial: {name} ~ {dim.kind}{getattr(dim, dim.kind)}")
+    for i, point in enumerate(points):
+        lines.append(f"  [{i}] {json.dumps(point, default=str)}")
+    return "\n".join(lines)
+
+
+# ---- resources and Ray -------------------------------------------------------
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Join a cluster at `address`, else reuse a running local Ray, else start one in-process."""
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def check_gpu_request(spec: Spec, address: str | None) -> None:
+    """Fail fast (before anything is started or logged) when a GPU is asked for and none exists."""
+    if spec.resources.gpu <= 0:
+        return
+    if address or ray.is_initialized():
+        init_ray(address)
+        available = ray.cluster_resources().get("GPU", 0)
+        where = f"the cluster at {address}" if address else "the running Ray instance"
+    else:
+        available = torch.cuda.device_count()
+        where = "this machine"
+    if available <= 0:
+        raise SpecError(f"resources.gpu: {spec.resources.gpu} GPU per trial requested, but {where} has no GPU; set resources.gpu=0")
+
+
+# ---- data ----------------------------------------------------------------------
+
+
+def data_hash(data: dict[str, Any]) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(data):
+        value = data[key]
+        digest.update(key.encode())
+        if isinstance(value, np.ndarray):
+            digest.update(np.ascontiguousarray(value).tobytes())
+        else:
+            digest.update(json.dumps(value, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+# ---- the sweep ------------------------------------------------------------------
+
+
+def _scheduler(spec: Spec, study: Study) -> Any:
+    cfg = spec.sweep.scheduler
+    if cfg.kind == "asha":
+        return ASHAScheduler(grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor, max_t=10_000)
+    if cfg.kind == "pbt":
+        mutations = {k: _tune_dim(d) for k, d in random_dims(spec).items()}
+        if not mutations:
+            raise SpecError("sweep.scheduler.kind: pbt needs at least one choice/uniform/loguniform dimension in sweep.space to mutate")
+        return PopulationBasedTraining(
+            time_attr="training_iteration",
+            perturbation_interval=cfg.perturbation_interval,
+            hyperparam_mutations=mutations,
+        )
+    return FIFOScheduler()
+
+
+def _tuner(study: Study, spec: Spec, setup: TrialSetup, data_ref: Any, storage: Path, sweep_id: str, verbose: bool) -> tune.Tuner:
+    trainable = tune.with_parameters(run_trial, data=data_ref, setup=setup)
+    trainable = tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    callbacks = [tracking.FinalizeChildRuns(setup.tracking_uri)]
+    if not verbose:
+        callbacks.append(Progress(count_trials(spec), study.metric, study.mode))
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(spec),
+        tune_config=tune.TuneConfig(
+            metric=study.metric,
+            mode=study.mode,
+            num_samples=spec.sweep.num_samples,
+            scheduler=_scheduler(spec, study),
+            max_concurrent_trials=spec.sweep.max_concurrent_trials,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=sweep_id,
+            storage_path=str(storage),
+            callbacks=callbacks,
+            verbose=2 if verbose else 0,
+            failure_config=tune.FailureConfig(max_failures=spec.sweep.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+
+
+def _collect(grid: Any, client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[tuple[TrialResult, Any]]:
+    runs = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=10_000)
+    outcome = {r.data.tags.get("skeptic.trial_id"): r for r in runs}
+    collected = []
+    for result in grid:
+        trial_id = result.metrics.get("trial_id") or result.path.rsplit("_", 2)[0]
+        run = outcome.get(trial_id)
+        history = []
+        if result.metrics_dataframe is not None:
+            numeric = result.metrics_dataframe.select_dtypes("number")
+            history = numeric.to_dict("records")
+        params = dict(run.data.params) if run else {}
+        params = {k: _parse(v) for k, v in params.items()}
+        collected.append(
+            (
+                TrialResult(
+                    trial_id=trial_id,
+                    params=params,
+                    history=history,
+                    outcome=(run.data.tags.get("skeptic.outcome") if run else None) or ("failed" if result.error else "unknown"),
+                    run_id=run.info.run_id if run else None,
+                ),
+                result,
+            )
+        )
+    return collected
+
+
+def _parse(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return {"None": None, "True": True, "False": False}.get(text, text)
+
+
+def _best(study: Study, collected: list[tuple[TrialResult, Any]]) -> tuple[TrialResult, Any] | None:
+    usable = [(t, r) for t, r in collected if t.outcome != "failed" and r.checkpoint and study.metric in t.final]
+    if not usable:
+        return None
+    sign = 1 if study.mode == "max" else -1
+    return max(usable, key=lambda tr: sign * tr[0].final[study.metric])
+
+
+def _champion(study: Study, best: tuple[TrialResult, Any], sweep_id: str, verdict: Verdict) -> str:
+    trial, result = best
+    with result.checkpoint.as_directory() as path:
+        state = torch.load(Path(path) / STATE_FILE, weights_only=True, map_location="cpu")["state"]
+    params = {k: v for k, v in trial.params.items() if k in study.Params.model_fields}
+    tags = {
+        "skeptic.sweep_id": sweep_id,
+        "skeptic.verdict": verdict.label,
+        f"skeptic.{study.metric}": f"{trial.final[study.metric]:.6g}",
+    }
+    return register_champion(study, state, params, trial.run_id, tags)
+
+
+def run_sweep(
+    study: Study,
+    spec: Spec,
+    *,
+    tracking_uri: str | None = None,
+    address: str | None = None,
+    storage: str | None = None,
+    verbose: bool = False,
+    command: str = "",
+    register: bool = True,
+) -> SweepOutcome:
+    check_gpu_request(spec, address)
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    tracking.set_active_uri(uri)
+    client = MlflowClient(uri)
+    sweep_id = f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    storage_dir = Path(storage or DEFAULT_STORAGE).resolve() / study.name
+    print(f"sweep {sweep_id}: {count_trials(spec)} trials; preparing data", flush=True)
+    data = study.prepare_data(spec)
+    experiment_id = tracking.ensure_experiment(client, study.name, uri)
+    parent = tracking.start_parent_run(client, experiment_id, sweep_id, spec, data_hash(data), count_trials(spec))
+    status = "FAILED"
+    try:
+        init_ray(address)
+        setup = TrialSetup(spec, uri, experiment_id, parent, swept_names(spec))
+        tuner = _tuner(study, spec, setup, ray.put(data), storage_dir, sweep_id, verbose)
+        grid = tuner.fit()
+        collected = _collect(grid, client, experiment_id, parent)
+        results = [t for t, _ in collected]
+        verdict = study.verdict(results, spec)
+        facts = {"sweep": sweep_id, "trials": len(results), "tracking": uri, "parent run": parent}
+        report = write_report(study, verdict, storage_dir / sweep_id / "report", facts, command)
+        client.log_artifacts(parent, str(report.parent), artifact_path="report")
+        client.set_tag(parent, "skeptic.verdict", verdict.label)
+        client.set_tag(parent, "skeptic.verdict_summary", verdict.summary[:4000])
+        best = _best(study, collected)
+        version = _champion(study, best, sweep_id, verdict) if (register and best) else None
+        if version:
+            client.set_tag(parent, "skeptic.champion_version", version)
+            client.set_tag(parent, "skeptic.champion_run_id", best[0].run_id)
+        status = "FINISHED"
+        return SweepOutcome(sweep_id, parent, verdict, report, results, version)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        client.set_terminated(parent, status)

@@ -1,0 +1,160 @@
+"""The study interface, and how studies are found by name.
+
+A study is a class decorated with `@register_study` in any module under the
+`jobs` package (or a package named in SKEPTIC_STUDY_PACKAGES, or an entry point
+in the `skeptic.studies` group). Nothing central lists them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import pkgutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    import torch
+
+    from skeptic.trial import TrialContext
+
+
+@dataclass
+class TrialResult:
+    """One finished (or stopped, or failed) trial, as the verdict sees it."""
+
+    trial_id: str
+    params: dict[str, Any]  # resolved training parameters, plus "seed" and, if any, "arm"
+    history: list[dict[str, float]]  # one dict of metrics per reported epoch
+    outcome: str  # completed / stopped_early / failed
+    run_id: str | None = None
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.history[-1] if self.history else {}
+
+
+@dataclass
+class Verdict:
+    """What a study concluded. `held` is True/False, or None when the run cannot decide."""
+
+    held: bool | None
+    summary: str
+    table: list[dict[str, Any]] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)  # file stem -> matplotlib Figure
+    details: str = ""  # extra Markdown for the report
+
+    @property
+    def label(self) -> str:
+        return {True: "held", False: "overturned", None: "undecided"}[self.held]
+
+
+class Study(ABC):
+    """Subclass, fill in the class attributes and methods, decorate with @register_study."""
+
+    name: ClassVar[str]
+    belief: ClassVar[str]  # the common belief under test, one sentence
+    paper: ClassVar[str]  # the paper that questions it
+    Params: ClassVar[type[BaseModel]]  # the trial's training parameters (extra="forbid")
+    defaults: ClassVar[dict]  # default spec (sweep, data, resources, train)
+    smoke: ClassVar[dict] = {}  # overrides for --smoke: a tiny sweep of a minute or two
+    metric: ClassVar[str] = "val_acc"  # what Tune optimises and the champion is chosen by
+    mode: ClassVar[str] = "max"
+
+    def prepare_data(self, spec: Any) -> dict[str, Any]:
+        """Built once per sweep on the driver and shared with every trial via the object store."""
+        return {}
+
+    @abstractmethod
+    def train(self, ctx: TrialContext) -> None:
+        """One trial: train, calling ctx.report(metrics, state) once per epoch."""
+
+    @abstractmethod
+    def verdict(self, results: list[TrialResult], spec: Any) -> Verdict:
+        """Read the finished sweep and say whether the belief held, from the numbers."""
+
+    def run_name(self, params: dict[str, Any], swept: list[str]) -> str:
+        """A readable MLflow run name built from the swept parameters and the seed."""
+        parts = [f"{k}{_short(params[k])}" for k in swept if k in params]
+        return "-".join([*parts, f"s{params.get('seed', 0)}"])
+
+    # --- the registered model: weights + builder config, no pickled code ---
+
+    # A trial that wants its model registered checkpoints `state["model"]` (the weights)
+    # and `state["model_config"]` (a JSON-able dict from which build_model rebuilds it).
+
+    def build_model(self, config: dict[str, Any]) -> torch.nn.Module:
+        """Rebuild the (untrained) model from its saved model_config."""
+        raise NotImplementedError(f"study {self.name!r} registers no model")
+
+    def model_input_example(self, config: dict[str, Any]) -> np.ndarray:
+        """A small numpy batch the registered model accepts (gives its signature)."""
+        raise NotImplementedError
+
+    def predict(self, model: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
+        """What the served model answers for a numpy batch: class probabilities by default."""
+        import torch
+
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            x = torch.as_tensor(batch, dtype=torch.float32, device=device)
+            return torch.softmax(model(x), dim=-1).cpu().numpy()
+
+    def model_metadata(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Extra facts stored with the registered model (class names, input shape, ...)."""
+        return {}
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+_REGISTRY: dict[str, type[Study]] = {}
+
+
+def register_study(cls: type[Study]) -> type[Study]:
+    """Class decorator: make a study findable by its `name`."""
+    existing = _REGISTRY.get(cls.name)
+    if existing is not None and existing.__qualname__ != cls.__qualname__:
+        raise ValueError(f"two studies named {cls.name!r}: {existing} and {cls}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+class UnknownStudy(KeyError):
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def _discover() -> None:
+    packages = os.environ.get("SKEPTIC_STUDY_PACKAGES", "jobs").split(",")
+    for package_name in filter(None, (p.strip() for p in packages)):
+        try:
+            package = importlib.import_module(package_name)
+        except ModuleNotFoundError:
+            continue
+        for info in pkgutil.iter_modules(package.__path__, prefix=f"{package_name}."):
+            importlib.import_module(info.name)
+    for entry in importlib.metadata.entry_points(group="skeptic.studies"):
+        entry.load()
+
+
+def all_studies() -> dict[str, type[Study]]:
+    _discover()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_study(name: str) -> Study:
+    if name not in _REGISTRY:
+        _discover()
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY)) or "none found"
+        raise UnknownStudy(f"unknown study {name!r} (known studies: {known})")
+    return _REGISTRY[name]()

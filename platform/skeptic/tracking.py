@@ -1,0 +1,129 @@
+"""MLflow bookkeeping on the driver: the sweep's parent run, reproducibility facts,
+and a Tune callback that gives every child run a truthful final status."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import mlflow
+import yaml
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+from skeptic.spec import Spec
+
+DEFAULT_DB = "mlflow.db"
+DEFAULT_ARTIFACTS = "mlartifacts"
+PACKAGES = ("skeptic", "torch", "ray", "mlflow", "numpy", "timm", "transformers", "scikit-learn")
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else a SQLite file in the working directory."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{Path(DEFAULT_DB).resolve()}"
+
+
+def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
+    """The experiment for a study; on a local SQLite store its artifacts go in ./mlartifacts."""
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    location = None
+    if tracking_uri.startswith("sqlite:"):
+        location = Path(DEFAULT_ARTIFACTS).resolve().as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def _git(*args: str) -> str:
+    try:
+        done = subprocess.run(
+            ["git", *args], capture_output=True, text=True, timeout=20, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout if done.returncode == 0 else ""
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def start_parent_run(
+    client: MlflowClient, experiment_id: str, sweep_id: str, spec: Spec, data_hash: str, n_trials: int
+) -> str:
+    """Create the sweep's parent run and record everything needed to reproduce it."""
+    commit = _git("rev-parse", "HEAD").strip()
+    diff = _git("diff", "HEAD")
+    tags = {
+        "skeptic.study": spec.study,
+        "skeptic.sweep_id": sweep_id,
+        "skeptic.kind": "sweep",
+        "skeptic.git_commit": commit or "unknown",
+        "skeptic.git_dirty": str(bool(diff.strip())).lower(),
+        "skeptic.data_hash": data_hash,
+        "mlflow.source.git.commit": commit,
+    }
+    run = client.create_run(experiment_id, run_name=sweep_id, tags=tags)
+    run_id = run.info.run_id
+    client.log_param(run_id, "n_trials", n_trials)
+    client.log_param(run_id, "seeds", spec.sweep.seeds)
+    client.log_param(run_id, "scheduler", spec.sweep.scheduler.kind)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {
+            "spec.yaml": yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False),
+            "packages.yaml": yaml.safe_dump(package_versions()),
+        }
+        if diff.strip():
+            files["git.diff"] = diff
+        for name, text in files.items():
+            (Path(tmp) / name).write_text(text)
+            client.log_artifact(run_id, str(Path(tmp) / name), artifact_path="reproduce")
+    return run_id
+
+
+class FinalizeChildRuns(Callback):
+    """Trials the scheduler stopped never reach the end of their trainable, and a crashed
+    worker never reaches its `except`: the driver closes such runs so none stays RUNNING."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        self.tracking_uri = tracking_uri
+
+    def _close(self, trial, outcome: str, status: str) -> None:
+        run_id = (trial.last_result or {}).get("skeptic_run_id")
+        if not run_id:
+            return
+        client = MlflowClient(self.tracking_uri)
+        if client.get_run(run_id).info.status != "RUNNING":
+            return
+        client.set_tag(run_id, "skeptic.outcome", outcome)
+        if trial.error_file and os.path.exists(trial.error_file):
+            client.set_tag(run_id, "skeptic.error", Path(trial.error_file).read_text()[-5000:])
+        client.set_terminated(run_id, status)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._close(trial, "stopped_early", "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._close(trial, "failed", "FAILED")
+
+
+def log_text_artifacts(client: MlflowClient, run_id: str, folder: Path, artifact_path: str) -> None:
+    client.log_artifacts(run_id, str(folder), artifact_path=artifact_path)
+
+
+def set_active_uri(uri: str) -> None:
+    """The fluent API (used by model logging) must point at the same store as the client."""
+    mlflow.set_tracking_uri(uri)

@@ -1,0 +1,168 @@
+"""One Tune trial: resolve its parameters, open (or re-open) its MLflow child run, call the study.
+
+Everything a trial needs arrives in its config or through `tune.with_parameters`,
+so it works the same on a remote worker (the tracking URI included: ray#36257).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from pydantic import BaseModel
+from ray import tune
+
+from skeptic.spec import Spec, resolve_params
+from skeptic.study import Study, get_study
+
+STATE_FILE = "state.pt"
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial of a sweep shares (sent once, with the prepared data)."""
+
+    spec: Spec
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    swept: list[str]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(gpu: float) -> torch.device:
+    if gpu > 0 and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+@dataclass
+class TrialContext:
+    """The study's handle on its trial: parameters, data, device, and `report`."""
+
+    params: BaseModel
+    seed: int
+    device: torch.device
+    data: dict[str, Any]
+    client: MlflowClient
+    run_id: str
+    start_epoch: int = 0  # first epoch to run (after a restore)
+    state: dict[str, Any] | None = None  # the last checkpointed state, if restored
+    _last: float = field(default_factory=time.perf_counter)
+
+    def report(
+        self,
+        metrics: dict[str, float],
+        state: dict[str, Any],
+        samples: int = 0,
+        progress: float | None = None,
+    ) -> None:
+        """End of an epoch: checkpoint `state` (tensors and plain values; the model's
+        weights under "model"), log metrics to MLflow and Tune. `samples` processed this
+        epoch gives `throughput` (samples/s); `progress` (0-1) feeds the time estimate."""
+        now = time.perf_counter()
+        epoch = self.start_epoch
+        metrics = {"epoch_time": now - self._last, **metrics}
+        if samples:
+            metrics["throughput"] = samples / metrics["epoch_time"]
+        ts = int(time.time() * 1000)
+        self.client.log_batch(
+            self.run_id, metrics=[Metric(k, float(v), ts, epoch) for k, v in metrics.items()]
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save({"epoch": epoch, "state": state}, Path(tmp) / STATE_FILE)
+            extra = {"epoch": epoch, "skeptic_run_id": self.run_id}
+            if progress is not None:
+                extra["progress"] = progress
+            tune.report(
+                {**metrics, **extra},
+                checkpoint=tune.Checkpoint.from_directory(tmp),
+            )
+        self.start_epoch = epoch + 1
+        self._last = time.perf_counter()
+
+
+def _restore() -> tuple[int, dict | None]:
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return 0, None
+    with checkpoint.as_directory() as path:
+        saved = torch.load(Path(path) / STATE_FILE, weights_only=True, map_location="cpu")
+    return saved["epoch"] + 1, saved["state"]
+
+
+def _child_run(client: MlflowClient, setup: TrialSetup, trial_id: str, name: str) -> str:
+    """The trial's MLflow run: found again by trial id after a retry or resume, never duplicated."""
+    found = client.search_runs(
+        [setup.experiment_id],
+        filter_string=(
+            f"tags.`mlflow.parentRunId` = '{setup.parent_run_id}' "
+            f"and tags.`skeptic.trial_id` = '{trial_id}'"
+        ),
+        max_results=1,
+    )
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    tags = {
+        "mlflow.parentRunId": setup.parent_run_id,
+        "skeptic.trial_id": trial_id,
+        "skeptic.study": setup.spec.study,
+    }
+    return client.create_run(setup.experiment_id, run_name=name, tags=tags).info.run_id
+
+
+def trial_params(study: Study, setup: TrialSetup, config: dict) -> tuple[BaseModel, dict]:
+    """Validated parameters of this trial, and the flat dict logged as its MLflow params."""
+    point = {k: v for k, v in config["point"].items() if k != "arm"}
+    point.update({k: v for k, v in config.items() if k not in ("point", "seed")})
+    params = resolve_params(setup.spec, study.Params, point)
+    logged = {**params.model_dump(), "seed": config["seed"]}
+    if "arm" in config["point"]:
+        logged["arm"] = config["point"]["arm"]
+    return params, logged
+
+
+def run_trial(config: dict, data: dict, setup: TrialSetup) -> None:
+    """The Tune trainable shared by every study."""
+    study = get_study(setup.spec.study)
+    params, logged = trial_params(study, setup, config)
+    seed = int(config["seed"])
+    device = pick_device(setup.spec.resources.gpu)
+    torch.set_num_threads(max(1, int(setup.spec.resources.cpu)))
+    client = MlflowClient(setup.tracking_uri)
+    trial_id = tune.get_context().get_trial_id()
+    run_id = _child_run(client, setup, trial_id, study.run_name(logged, setup.swept))
+    start_epoch, state = _restore()
+    if start_epoch == 0:
+        client.log_batch(
+            run_id,
+            params=[Param(k, str(v)) for k, v in logged.items()],
+            tags=[RunTag("skeptic.device", str(device)), RunTag("skeptic.host", os.uname().nodename)],
+        )
+    seed_everything(seed + 1000 * start_epoch)
+    ctx = TrialContext(params, seed, device, data, client, run_id, start_epoch, state)
+    try:
+        study.train(ctx)
+    except Exception as err:
+        client.set_tag(run_id, "skeptic.outcome", "failed")
+        client.set_tag(run_id, "skeptic.error", f"{type(err).__name__}: {err}"[:5000])
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_tag(run_id, "skeptic.outcome", "completed")
+    client.set_terminated(run_id, "FINISHED")
