@@ -17,6 +17,9 @@ QUIET_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
     "RAY_AIR_NEW_OUTPUT": "0",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # Keeping few checkpoints makes Tune snapshot its state often, and warn each time.
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
 
 EXIT_BAD_INPUT = 2

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import IO
-
 from ray.tune import Callback
 
 
@@ -14,12 +12,21 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def _label(config: dict) -> str:
+    """A short name for a trial from its grid point and seed."""
+    point = config.get("point", {})
+    parts = [str(point["arm"])] if "arm" in point else []
+    parts += [f"{k}={v}" for k, v in point.items() if k != "arm"][:2]
+    return " ".join([*parts, f"seed={config.get('seed', 0)}"])
+
+
 class Progress(Callback):
     """One line: trials done / running / pending, best metric so far, elapsed, estimate left."""
 
-    def __init__(self, total: int, metric: str, mode: str, stream: IO[str] = sys.stderr) -> None:
-        self.total, self.metric, self.mode, self.stream = total, metric, mode, stream
-        self.tty = stream.isatty()
+    def __init__(self, total: int, metric: str, mode: str) -> None:
+        # No stream attribute: Tune pickles its callbacks with the experiment state.
+        self.total, self.metric, self.mode = total, metric, mode
+        self.tty = sys.stderr.isatty()
         self.start = time.monotonic()
         self.best: float | None = None
         self.best_trial = ""
@@ -51,12 +58,12 @@ class Progress(Callback):
             return
         self.last_print = now
         end = "\r" if self.tty and not force else "\n"
-        print(self._line(trials).ljust(100 if self.tty else 0), end=end, file=self.stream, flush=True)
+        print(self._line(trials).ljust(100 if self.tty else 0), end=end, file=sys.stderr, flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         value = result.get(self.metric)
         if value is not None and self._better(value):
-            self.best, self.best_trial = value, trial.trial_id
+            self.best, self.best_trial = value, _label(trial.config)
         if "progress" in result:
             self.progress[trial.trial_id] = float(result["progress"])
         self._print(trials)
@@ -69,7 +76,7 @@ class Progress(Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.failed += 1
         self.progress.pop(trial.trial_id, None)
-        print(f"\ntrial {trial.trial_id} failed: see {trial.error_file}", file=self.stream)
+        print(f"\ntrial {trial.trial_id} failed: see {trial.error_file}", file=sys.stderr)
 
     def on_experiment_end(self, trials, **info) -> None:
         self._print(trials, force=True)

@@ -18,6 +18,8 @@ from mlflow.pyfunc import PythonModel
 
 
 class SkepticModel(PythonModel):
+    # predict() has no type hints on purpose: MLflow would derive a (wrong) schema from them;
+    # the schema comes from the signature logged with the model.
     def load_context(self, context: Any) -> None:
         from safetensors.torch import load_file
 
@@ -29,7 +31,7 @@ class SkepticModel(PythonModel):
         self.model.load_state_dict(load_file(context.artifacts["weights"]))
         self.model.eval()
 
-    def predict(self, context: Any, model_input: Any, params: dict | None = None) -> np.ndarray:
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         return self.study.predict(self.model, np.asarray(model_input))
 
 

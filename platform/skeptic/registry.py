@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +46,15 @@ def register_champion(
         weights, config_file = Path(tmp) / "weights.safetensors", Path(tmp) / "config.json"
         save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(weights))
         config_file.write_text(json.dumps({"study": study.name, "model_config": config}, default=str))
-        with mlflow.start_run(run_id=run_id):
+        with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+            # predict() is deliberately untyped (the signature below is the schema).
+            warnings.filterwarnings("ignore", message=".*type hint", category=UserWarning)
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(CODE),
                 artifacts={"weights": str(weights), "config": str(config_file)},
                 signature=infer_signature(example, output),
+                input_example=example,
                 registered_model_name=study.name,
                 pip_requirements=_requirements(),
                 metadata=json.loads(json.dumps(meta, default=str)),

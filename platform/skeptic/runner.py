@@ -8,6 +8,7 @@ register.
 from __future__ import annotations
 
 import hashlib
+import logging
 import json
 import time
 import uuid
@@ -20,6 +21,7 @@ import ray
 import torch
 from mlflow.tracking import MlflowClient
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
 from skeptic import tracking
@@ -100,10 +102,11 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     """Join a cluster at `address`, else reuse a running local Ray, else start one in-process."""
     if ray.is_initialized():
         return
+    quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, **quiet)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
 
 
 def check_gpu_request(spec: Spec, address: str | None) -> None:
@@ -158,8 +161,10 @@ def _scheduler(spec: Spec, study: Study) -> Any:
 def _tuner(study: Study, spec: Spec, setup: TrialSetup, data_ref: Any, storage: Path, sweep_id: str, verbose: bool) -> tune.Tuner:
     trainable = tune.with_parameters(run_trial, data=data_ref, setup=setup)
     trainable = tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
-    callbacks = [tracking.FinalizeChildRuns(setup.tracking_uri)]
+    # Tune's auto loggers are off (no TensorBoard files); JSON + CSV give the ResultGrid its history.
+    callbacks = [JsonLoggerCallback(), CSVLoggerCallback(), tracking.FinalizeChildRuns(setup.tracking_uri)]
     if not verbose:
+        logging.getLogger("ray.tune").setLevel(logging.WARNING)
         callbacks.append(Progress(count_trials(spec), study.metric, study.mode))
     return tune.Tuner(
         trainable,
@@ -178,7 +183,7 @@ def _tuner(study: Study, spec: Spec, setup: TrialSetup, data_ref: Any, storage: 
             callbacks=callbacks,
             verbose=2 if verbose else 0,
             failure_config=tune.FailureConfig(max_failures=spec.sweep.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
     )
 

@@ -126,11 +126,22 @@ class Spec(_Strict):
 # ---- loading -----------------------------------------------------------------
 
 
-def deep_merge(base: dict, override: dict) -> dict:
+# Overriding these replaces them whole: a search dimension's kind (grid -> choice) and
+# the set of arms are not meaningfully merged.
+REPLACED = {("sweep", "arms"), ("sweep", "space", "*"), ("sweep", "derive", "*")}
+
+
+def _replaced(path: tuple[str, ...]) -> bool:
+    return path in REPLACED or (*path[:-1], "*") in REPLACED
+
+
+def deep_merge(base: dict, override: dict, path: tuple[str, ...] = ()) -> dict:
+    """Merge `override` into a copy of `base`, mapping by mapping (see REPLACED)."""
     out = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
+        here = (*path, str(key))
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and not _replaced(here):
+            out[key] = deep_merge(out[key], value, here)
         else:
             out[key] = copy.deepcopy(value)
     return out

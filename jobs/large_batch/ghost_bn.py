@@ -1,0 +1,272 @@
+"""Ghost Batch Normalization (Hoffer, Hubara & Soudry 2017, "Train longer, generalize better").
+
+In training, batch-norm statistics come from small "ghost" chunks of the batch (e.g. 128 rows
+of a 4096 batch) instead of the whole batch; at inference the running statistics are used
+exactly as in `nn.BatchNorm1d`.
+
+Design:
+- Vectorised: the batch is viewed as (chunks, ghost, C, *spatial) and every chunk is normalised
+  in one shot. The forward/backward is a hand-written `autograd.Function` because autograd over
+  the elementwise formula keeps several full-size temporaries and `torch.var_mean` over a middle
+  dimension is a slow Welford kernel on CPU (both ~4x plain BN).
+- Last chunk: with `batch % ghost = r != 0` the `r` remainder rows form one smaller last chunk,
+  normalised with its own statistics in a second vectorised call (two calls, never a loop over
+  chunks). A remainder holding a single value per channel (r == 1 on (N, C) input, where the
+  variance is undefined) is merged into the previous chunk, which then has `ghost + 1` rows.
+- Running statistics: updated as in `nn.BatchNorm1d` (momentum, or cumulative average when
+  momentum is None; `num_batches_tracked`), from the chunk statistics averaged with weights
+  proportional to chunk size: running_mean gets the batch mean, running_var the mean of the
+  chunks' unbiased variances (what the network actually normalised with, up to n/(n-1)).
+- `ghost_size=None`, `ghost_size >= batch`, or a batch that forms a single chunk: exactly
+  `nn.BatchNorm1d` (same `F.batch_norm` call).
+- One value per channel in training (a batch of 1 on (N, C) input), where `nn.BatchNorm1d`
+  raises: normalised with the running statistics, which are left untouched (gradients still
+  flow to input and affine parameters). Without running statistics it returns the limit of the
+  batch-norm formula, `bias` (zero gradient to the input).
+- `ghost_size=1` on (N, C) input would give one value per chunk and channel: ValueError, like
+  `nn.BatchNorm1d` on a batch of 1.
+- Dtypes: statistics and intermediate values in at least float32, output in the input dtype, so
+  it runs under autocast (fp16/bf16 activations) and on CUDA without dtype assumptions.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["GhostBatchNorm", "GhostBatchNorm2d", "make_norm"]
+
+# (number of chunks, rows per chunk); the segments cover the batch in order.
+Segments = tuple[tuple[int, int], ...]
+
+
+def chunk_plan(batch: int, ghost: int, values_per_row: int = 1) -> Segments:
+    """How a batch is cut: full ghost chunks, then at most one smaller (or merged) last chunk.
+
+    `values_per_row` is the number of values one row adds per channel (H*W for images): a
+    remainder is merged into the previous chunk only if it alone would have a single value.
+    """
+    full, rest = divmod(batch, ghost)
+    if rest * values_per_row == 1 and full > 0:
+        full, rest = full - 1, ghost + 1
+    return tuple(seg for seg in ((full, ghost), (1, rest)) if seg[0] > 0 and seg[1] > 0)
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    # Statistics of fp16/bf16 activations are taken in float32, as the fused BN kernels do.
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _param_view(p: torch.Tensor | None, ndim: int) -> torch.Tensor | None:
+    # (C,) -> (C, 1, ...) to broadcast against a (chunks, rows, C, *spatial) segment.
+    return None if p is None else p.view(-1, *([1] * (ndim - 3)))
+
+
+class _GhostBatchNormFn(torch.autograd.Function):
+    """y = (x - mean_chunk) * rstd_chunk * weight + bias for each chunk, with a fused backward.
+
+    Returns (y, batch mean, size-weighted mean of the chunks' unbiased variances); the two
+    statistics are for the running buffers and carry no gradient.
+
+    On CPU the cost is dominated by memory traffic and by page faults on fresh full-size
+    buffers, so each direction allocates one full-size buffer (as plain BN does) and works in
+    it in place; x (not x - mean) is saved, so no extra activation-sized tensor is kept.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        segments: Segments,
+        eps: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = x.contiguous()
+        acc = _acc_dtype(x.dtype)
+        per_row = math.prod(x.shape[2:])
+        w = _param_view(weight, x.dim() + 1)
+        b = _param_view(bias, x.dim() + 1)
+        y = torch.empty(x.shape, dtype=acc, device=x.device)
+        means, rstds, mean_sums, var_sums = [], [], [], []
+        for xs, ys, (_, g) in zip(_split(x, segments), _split(y, segments), segments, strict=True):
+            red = _reduce_dims(xs)
+            # Two-pass (centred) variance, the squares computed in the output buffer.
+            mean = xs.mean(red, keepdim=True, dtype=acc)
+            var = torch.sub(xs, mean, out=ys).square_().mean(red, keepdim=True)
+            rstd = torch.rsqrt(var + eps)
+            scale = rstd if w is None else rstd * w
+            shift = -mean * scale if b is None else b - mean * scale
+            torch.addcmul(shift, xs, scale, out=ys)
+            means.append(mean)
+            rstds.append(rstd)
+            # Chunk statistics weighted by chunk size n (values per channel) for the buffers.
+            n = g * per_row
+            mean_sums.append(mean.sum(0).flatten() * n)
+            var_sums.append(var.sum(0).flatten() * (n * n / max(n - 1, 1)))
+        total = x.shape[0] * per_row
+        batch_mean = torch.stack(mean_sums).sum(0) / total
+        batch_var = torch.stack(var_sums).sum(0) / total
+        ctx.segments = segments
+        ctx.save_for_backward(x, weight, *means, *rstds)
+        ctx.mark_non_differentiable(batch_mean, batch_var)
+        return y.to(x.dtype), batch_mean, batch_var
+
+    @staticmethod
+    def backward(
+        ctx: Any, dy: torch.Tensor, _dmean: torch.Tensor | None, _dvar: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, ...]:
+        x, weight, *stats = ctx.saved_tensors
+        segments = ctx.segments
+        means, rstds = stats[: len(segments)], stats[len(segments) :]
+        per_row = math.prod(x.shape[2:])
+        w = _param_view(weight, x.dim() + 1)
+        acc = means[0].dtype
+        dx = torch.empty(x.shape, dtype=acc, device=x.device)
+        dws, dbs = [], []
+        parts = zip(_split(x, segments), _split(dy, segments), _split(dx, segments), strict=True)
+        for (xs, dys, dxs), mean, rstd, (_, g) in zip(parts, means, rstds, segments, strict=True):
+            red = _reduce_dims(xs)
+            n = g * per_row
+            sum_dy = dys.sum(red, keepdim=True, dtype=acc)
+            # sum(dy * (x - mean)) with the product formed in the dx buffer.
+            sum_dy_xc = torch.sub(xs, mean, out=dxs).mul_(dys).sum(red, keepdim=True)
+            dws.append((sum_dy_xc * rstd).sum(0).flatten())
+            dbs.append(sum_dy.sum(0).flatten())
+            # dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat)) = scale*dy + a*x + c
+            scale = rstd if w is None else rstd * w
+            a = scale * rstd.square() * sum_dy_xc / -n
+            c = scale * sum_dy / -n - a * mean
+            torch.addcmul(c, dys, scale, out=dxs).addcmul_(xs, a)
+        needs = ctx.needs_input_grad
+        dw = torch.stack(dws).sum(0).to(weight.dtype) if needs[1] else None
+        db = torch.stack(dbs).sum(0).to(weight.dtype) if needs[2] else None
+        return dx.to(x.dtype) if needs[0] else None, dw, db, None, None
+
+
+def _split(x: torch.Tensor, segments: Segments) -> list[torch.Tensor]:
+    """Views of x as (chunks, rows, C, *spatial), one per segment (no copy if contiguous)."""
+    out, start = [], 0
+    for k, g in segments:
+        out.append(x[start : start + k * g].reshape(k, g, *x.shape[1:]))
+        start += k * g
+    return out
+
+
+def _reduce_dims(seg: torch.Tensor) -> tuple[int, ...]:
+    # Statistics per (chunk, channel): over the rows of the chunk and the spatial positions.
+    return (1, *range(3, seg.dim()))
+
+
+class _GhostMixin:
+    """Ghost forward shared by the 1d and 2d classes (which differ only in accepted shapes)."""
+
+    ghost_size: int | None
+
+    def _init_ghost(self, ghost_size: int | None) -> None:
+        if ghost_size is not None and ghost_size < 1:
+            raise ValueError(f"ghost_size must be >= 1 or None, got {ghost_size}")
+        self.ghost_size = ghost_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bn: nn.modules.batchnorm._BatchNorm = self  # type: ignore[assignment]
+        use_batch_stats = bn.training or bn.running_mean is None
+        if not use_batch_stats:
+            return super().forward(x)  # type: ignore[misc]
+        bn._check_input_dim(x)
+        per_row = math.prod(x.shape[2:])
+        if x.shape[0] * per_row == 1:
+            return self._single_value(x)
+        if self.ghost_size is None or self.ghost_size >= x.shape[0]:
+            return super().forward(x)  # type: ignore[misc]
+        segments = chunk_plan(x.shape[0], self.ghost_size, per_row)
+        if self.ghost_size * per_row == 1:
+            raise ValueError(
+                f"ghost_size={self.ghost_size} leaves one value per channel in each chunk: "
+                "batch statistics are undefined"
+            )
+        if len(segments) == 1 and segments[0][0] == 1:
+            return super().forward(x)  # type: ignore[misc]  # one chunk: plain batch norm
+        y, mean, var = _GhostBatchNormFn.apply(x, bn.weight, bn.bias, segments, bn.eps)
+        self._update_running(mean, var)
+        return y
+
+    def _single_value(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch of one (N, C) row in training, where batch statistics do not exist."""
+        bn: nn.modules.batchnorm._BatchNorm = self  # type: ignore[assignment]
+        if bn.running_mean is not None and bn.running_var is not None:
+            return F.batch_norm(
+                x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps
+            )
+        # The limit of the formula: x - mean(x) is exactly 0 (and so is its gradient).
+        dims = [0, *range(2, x.dim())]
+        shape = (1, -1, *([1] * (x.dim() - 2)))
+        y = (x - x.mean(dims, keepdim=True)) * (1 / math.sqrt(bn.eps))
+        if bn.weight is not None:
+            y = y * bn.weight.view(shape) + bn.bias.view(shape)
+        return y
+
+    @torch.no_grad()
+    def _update_running(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        bn: nn.modules.batchnorm._BatchNorm = self  # type: ignore[assignment]
+        if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
+            return
+        if bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:  # cumulative moving average, as nn.BatchNorm1d
+            factor = 1.0 / float(bn.num_batches_tracked)
+        else:
+            factor = bn.momentum
+        bn.running_mean.mul_(1 - factor).add_(mean.to(bn.running_mean.dtype), alpha=factor)
+        bn.running_var.mul_(1 - factor).add_(var.to(bn.running_var.dtype), alpha=factor)
+
+
+class GhostBatchNorm(_GhostMixin, nn.BatchNorm1d):
+    """`nn.BatchNorm1d` whose training statistics come from ghost chunks of `ghost_size` rows.
+
+    Input (N, C) or (N, C, L). Same parameters, buffers and state_dict as nn.BatchNorm1d, so
+    checkpoints are interchangeable. See the module docstring for the edge cases.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        ghost_size: int | None,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(num_features, eps=eps, momentum=momentum, **kwargs)
+        self._init_ghost(ghost_size)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, ghost_size={self.ghost_size}"
+
+
+class GhostBatchNorm2d(_GhostMixin, nn.BatchNorm2d):
+    """`nn.BatchNorm2d` (input (N, C, H, W)) with ghost chunks of `ghost_size` images."""
+
+    def __init__(
+        self,
+        num_features: int,
+        ghost_size: int | None,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(num_features, eps=eps, momentum=momentum, **kwargs)
+        self._init_ghost(ghost_size)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, ghost_size={self.ghost_size}"
+
+
+def make_norm(num_features: int, ghost_size: int | None) -> nn.Module:
+    """nn.BatchNorm1d for ghost_size None, else GhostBatchNorm (for (N, C) MLP activations)."""
+    if ghost_size is None:
+        return nn.BatchNorm1d(num_features)
+    return GhostBatchNorm(num_features, ghost_size)
