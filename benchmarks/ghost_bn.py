@@ -39,6 +39,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--threads", type=int, default=os.cpu_count(), help="torch CPU threads (all cores)"
     )
     p.add_argument("--cpu-only", action="store_true", help="skip CUDA even if available")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile both variants first (fused kernels; ~1 min of compiling per case)",
+    )
     return p.parse_args(argv)
 
 
@@ -86,7 +91,8 @@ def case(
 
     def build(norm: nn.Module) -> nn.Module:
         layers = [nn.Linear(f, f), norm, nn.ReLU()] if mlp else [norm]
-        return nn.Sequential(*layers).to(device)
+        model = nn.Sequential(*layers).to(device)
+        return torch.compile(model, fullgraph=True, dynamic=False) if args.compile else model
 
     x = torch.randn(batch, f, device=device)
     dy = torch.randn(batch, f, device=device)
@@ -106,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.cpu_only else [])
-    print(f"torch {torch.__version__}, {args.threads} CPU threads, median of {args.repeats} runs")
+    mode = "torch.compile" if args.compile else "eager"
+    print(f"torch {torch.__version__}, {args.threads} CPU threads, {mode}, median of {args.repeats}")
     b, g, sb, sg = args.batch, args.ghost, args.small_batch, args.small_ghost
     for device in devices:
         case(f"BN fwd+bwd  batch {b} ghost {g}", b, g, False, args, device)

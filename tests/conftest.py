@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+# Test-only studies (tests/fixtures/skeptic_test_studies) are found by Ray workers too:
+# they inherit this environment when the session's Ray starts.
+FIXTURES = str(Path(__file__).parent / "fixtures")
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [FIXTURES, os.environ.get("PYTHONPATH")]))
+os.environ["SKEPTIC_STUDY_PACKAGES"] = "jobs,skeptic_test_studies"
 for key, value in {
     "RAY_USAGE_STATS_ENABLED": "0",
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -15,7 +21,11 @@ for key, value in {
 }.items():
     os.environ.setdefault(key, value)
 
-import pytest  # noqa: E402
+import sys
+
+import pytest
+
+sys.path.insert(0, FIXTURES)
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +33,7 @@ def ray_session():
     """One in-process Ray for every test that needs it (starting Ray costs seconds)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield ray
     finally:

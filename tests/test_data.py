@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
 from skeptic.data import (
     CLASS_NAMES,
     DATASET_NAMES,

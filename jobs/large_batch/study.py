@@ -14,18 +14,19 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from skeptic.data import load_dataset
-from skeptic.study import Study, TrialResult, Verdict, register_study
-from skeptic.trial import TrialContext
 from torch import nn
 
 from jobs.large_batch.ghost_bn import make_norm
 from jobs.large_batch.verdict import judge
+from skeptic.data import load_dataset
+from skeptic.study import Study, TrialResult, Verdict, register_study
+from skeptic.trial import TrialContext
 
 ARMS = {  # the paper's Table 1 arms; SB's batch size is base_batch
     "SB": {"lr_rule": "none", "ghost_batch": None, "regime": "fixed"},
     "LB": {"lr_rule": "none", "ghost_batch": None, "regime": "fixed"},
     "+LR": {"lr_rule": "sqrt", "ghost_batch": None, "regime": "fixed"},
+    "+LR(linear)": {"lr_rule": "linear", "ghost_batch": None, "regime": "fixed"},
     "+GBN": {"lr_rule": "sqrt", "ghost_batch": 64, "regime": "fixed"},
     "+RA": {"lr_rule": "sqrt", "ghost_batch": 64, "regime": "adapted"},
 }
@@ -98,11 +99,11 @@ class LargeBatch(Study):
     )
     Params = Params
     defaults: ClassVar[dict] = {
-        "data": {"name": "shapes", "size": 12000, "image_size": 16, "val_fraction": 0.2},
+        "data": {"name": "shapes", "size": 16000, "image_size": 16, "val_fraction": 0.2},
         "resources": {"cpu": 1},
         "train": {"base_batch": 64, "lr": 0.05, "epochs": 10},
         "sweep": {
-            "space": {"batch_size": {"grid": [256, 1024]}},
+            "space": {"batch_size": {"grid": [256, 2048]}},  # 4x and 32x the small batch
             "arms": {**{k: v for k, v in ARMS.items() if k != "SB"}, "SB": {**ARMS["SB"], "batch_size": 64}},
             "derive": {"lr": {"source": "batch_size", "reference": 64, "rule_from": "lr_rule"}},
             "seeds": 3,

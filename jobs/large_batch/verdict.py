@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+
 from skeptic.study import TrialResult, Verdict
 
 ORDER = ["LB", "+LR", "+GBN", "+RA"]

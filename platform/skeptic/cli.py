@@ -8,6 +8,7 @@ import shlex
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 # No outbound calls, ever: set before ray / mlflow / transformers are imported.
@@ -33,14 +34,26 @@ def _cmd_studies(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _load(args: argparse.Namespace) -> tuple:
     from skeptic.spec import load_spec
     from skeptic.study import get_study
 
     study = get_study(args.study)
-    spec = load_spec(
-        study.name, study.defaults, study.Params, study.smoke if args.smoke else None, args.spec, args.set
-    )
+    smoke = study.smoke if args.smoke else None
+    return study, load_spec(study.name, study.defaults, study.Params, smoke, args.spec, args.set)
+
+
+def _print_outcome(outcome: object) -> None:
+    print(f"\nverdict: the belief {outcome.verdict.label.upper()}")
+    print(textwrap.indent(outcome.verdict.summary, "  "))
+    print(f"report:  {outcome.report}")
+    print(f"mlflow:  parent run {outcome.parent_run_id} (skeptic ui to browse)")
+    if outcome.champion_version:
+        print(f"model:   models:/{outcome.study}@champion (version {outcome.champion_version})")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    study, spec = _load(args)
     if args.dry_run:
         from skeptic.runner import describe_plan
 
@@ -58,13 +71,77 @@ def _cmd_run(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         command=command,
     )
-    print(f"\nverdict: the belief {outcome.verdict.label.upper()}")
-    print(textwrap.indent(outcome.verdict.summary, "  "))
-    print(f"report:  {outcome.report}")
-    print(f"mlflow:  parent run {outcome.parent_run_id} (skeptic ui to browse)")
-    if outcome.champion_version:
-        print(f"model:   models:/{study.name}@champion (version {outcome.champion_version})")
+    _print_outcome(outcome)
     return 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from skeptic.runner import resume_sweep
+
+    outcome = resume_sweep(args.sweep_id, storage=args.storage, address=args.address, verbose=args.verbose)
+    _print_outcome(outcome)
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from skeptic import cluster
+    from skeptic.tracking import resolve_tracking_uri
+
+    _, spec = _load(args)
+    uri = resolve_tracking_uri(args.tracking_uri)
+    if not uri.startswith(("http://", "https://")):
+        print(f"warning: tracking URI {uri} is local to each machine; use an MLflow server", file=sys.stderr)
+    job_id = cluster.submit(spec, address=args.address, tracking_uri=uri, storage=args.storage, verbose=args.verbose)
+    print(f"submitted job {job_id} to {cluster.cluster_address(args.address)}")
+    print(f"follow it:  skeptic logs {job_id} --follow")
+    print(f"runs:       {uri}  (experiment {spec.study})")
+    return 0
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    from skeptic import cluster
+
+    for job in cluster.list_jobs(args.address):
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime((job.start_time or 0) / 1000))
+        print(f"{job.submission_id or job.job_id}  {str(job.status).rsplit('.', 1)[-1]:9}  {started}  {job.entrypoint}")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from skeptic import cluster
+
+    info = cluster.job_status(args.address, args.job_id)
+    print(f"{args.job_id}: {str(info.status).rsplit('.', 1)[-1]}" + (f" ({info.message})" if info.message else ""))
+    return 0
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    from skeptic import cluster
+
+    cluster.job_logs(args.address, args.job_id, args.follow)
+    return 0
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    from skeptic import cluster
+
+    status = cluster.stop_job(args.address, args.job_id)
+    print(f"{args.job_id}: {status}")
+    return 0 if status in cluster.TERMINAL else 1
+
+
+def _cmd_mlflow_server(args: argparse.Namespace) -> int:
+    Path(args.artifacts_destination).mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", args.backend_store_uri,
+        "--artifacts-destination", Path(args.artifacts_destination).resolve().as_uri(),
+        "--serve-artifacts", "--host", args.host, "--port", str(args.port), "--workers", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    print(f"MLflow tracking server on http://{args.host}:{args.port} (store {args.backend_store_uri})")
+    print(f"log to it with: --tracking-uri http://{args.host}:{args.port}")
+    return subprocess.call(cmd, env=env)
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
@@ -78,6 +155,24 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     ]  # fmt: skip
     print(f"MLflow UI for {uri} on http://{args.host}:{args.port} (Ctrl-C to stop)")
     return subprocess.call(cmd)
+
+
+def _add_spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="study name (see `skeptic studies`)")
+    p.add_argument("--spec", metavar="FILE", help="YAML spec overriding the study's defaults")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override one spec value, e.g. --set sweep.seeds=3 --set train.epochs=5",
+    )  # fmt: skip
+    p.add_argument("--smoke", action="store_true", help="tiny sweep (a minute or two on 2 cores)")
+    p.add_argument("--storage", help="where Tune keeps results and checkpoints (default ./skeptic-runs)")
+    p.add_argument("--verbose", action="store_true", help="show Tune's own progress table")
+
+
+def _add_job_args(p: argparse.ArgumentParser, job: bool = True) -> None:
+    p.add_argument("--address", help="Ray dashboard address, http://HEAD:8265 (default $RAY_ADDRESS)")
+    if job:
+        p.add_argument("job_id", help="the job's submission id (see `skeptic jobs`)")
 
 
 def _add_tracking(p: argparse.ArgumentParser) -> None:
@@ -102,19 +197,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="sweep a study on Ray Tune, track it in MLflow, judge it, register the champion",
         description="Sweep a study. Spec = study defaults <- --smoke <- --spec FILE <- --set.",
     )
-    p.add_argument("study", help="study name (see `skeptic studies`)")
-    p.add_argument("--spec", metavar="FILE", help="YAML spec overriding the study's defaults")
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
-        help="override one spec value, e.g. --set sweep.seeds=3 --set train.epochs=5",
-    )  # fmt: skip
-    p.add_argument("--smoke", action="store_true", help="tiny sweep (a minute or two on 2 cores)")
+    _add_spec_args(p)
     p.add_argument("--dry-run", action="store_true", help="validate and print the trials; start nothing")
-    p.add_argument("--address", help="Ray cluster address (default: start Ray in-process)")
-    p.add_argument("--storage", help="where Tune keeps results and checkpoints (default ./skeptic-runs)")
-    p.add_argument("--verbose", action="store_true", help="show Tune's own progress table")
+    p.add_argument("--address", help="Ray cluster to run on, e.g. ray://HEAD:10001 or auto (default: in-process)")
     _add_tracking(p)
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("resume", help="finish an interrupted sweep (only its unfinished trials)")
+    p.add_argument("sweep_id", help="the sweep id printed by `skeptic run` (its folder's name)")
+    p.add_argument("--storage", help="the --storage the sweep ran with (default ./skeptic-runs)")
+    p.add_argument("--address", help="Ray cluster to run on (default: in-process)")
+    p.add_argument("--verbose", action="store_true", help="show Tune's own progress table")
+    p.set_defaults(func=_cmd_resume)
+
+    p = sub.add_parser("submit", help="submit `skeptic run` to a Ray cluster as a Ray job")
+    _add_spec_args(p)
+    _add_job_args(p, job=False)
+    _add_tracking(p)
+    p.set_defaults(func=_cmd_submit)
+
+    for name, func, text in [
+        ("status", _cmd_status, "show a submitted job's status"),
+        ("stop", _cmd_stop, "stop a submitted job (its MLflow runs end KILLED)"),
+    ]:
+        p = sub.add_parser(name, help=text)
+        _add_job_args(p)
+        p.set_defaults(func=func)
+    p = sub.add_parser("logs", help="print a submitted job's logs")
+    _add_job_args(p)
+    p.add_argument("--follow", action="store_true", help="keep printing until the job ends")
+    p.set_defaults(func=_cmd_logs)
+    p = sub.add_parser("jobs", help="list the jobs submitted to a Ray cluster")
+    _add_job_args(p, job=False)
+    p.set_defaults(func=_cmd_jobs)
+
+    p = sub.add_parser("mlflow-server", help="run an MLflow tracking server that jobs can log to")
+    p.add_argument("--backend-store-uri", default="sqlite:///mlflow-server.db",
+                   help="SQLite or PostgreSQL URI (default sqlite:///mlflow-server.db)")  # fmt: skip
+    p.add_argument("--artifacts-destination", default="mlartifacts-server",
+                   help="folder (or s3:// URI) for artifacts, served through the server")  # fmt: skip
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    p.set_defaults(func=_cmd_mlflow_server)
 
     p = sub.add_parser("ui", help="open the MLflow UI on 127.0.0.1 for the tracked runs")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")

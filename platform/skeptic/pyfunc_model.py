@@ -31,7 +31,7 @@ class SkepticModel(PythonModel):
         self.model.load_state_dict(load_file(context.artifacts["weights"]))
         self.model.eval()
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+    def predict(self, context, model_input, params=None):
         return self.study.predict(self.model, np.asarray(model_input))
 
 

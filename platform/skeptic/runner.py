@@ -8,13 +8,16 @@ register.
 from __future__ import annotations
 
 import hashlib
-import logging
 import json
+import logging
+import signal
+import sys
+import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import ray
@@ -28,8 +31,8 @@ from skeptic import tracking
 from skeptic.progress import Progress
 from skeptic.registry import register_champion
 from skeptic.report import write_report
-from skeptic.spec import Dim, Spec, SpecError, count_trials, grid_points
-from skeptic.study import Study, TrialResult, Verdict
+from skeptic.spec import Dim, Spec, SpecError, count_trials, grid_points, validate_spec
+from skeptic.study import Study, TrialResult, Verdict, get_study
 from skeptic.trial import STATE_FILE, TrialSetup, run_trial
 
 DEFAULT_STORAGE = "skeptic-runs"
@@ -37,6 +40,7 @@ DEFAULT_STORAGE = "skeptic-runs"
 
 @dataclass
 class SweepOutcome:
+    study: str
     sweep_id: str
     parent_run_id: str
     verdict: Verdict
@@ -106,7 +110,8 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, **quiet)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
+        # "local": a new in-process instance, even if a `ray start` cluster runs on this machine
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
 
 
 def check_gpu_request(spec: Spec, address: str | None) -> None:
@@ -158,7 +163,10 @@ def _scheduler(spec: Spec, study: Study) -> Any:
     return FIFOScheduler()
 
 
-def _tuner(study: Study, spec: Spec, setup: TrialSetup, data_ref: Any, storage: Path, sweep_id: str, verbose: bool) -> tune.Tuner:
+def _tuner(
+    study: Study, spec: Spec, setup: TrialSetup, data_ref: Any, folder: Path, verbose: bool,
+    restore: bool,
+) -> tune.Tuner:  # fmt: skip
     trainable = tune.with_parameters(run_trial, data=data_ref, setup=setup)
     trainable = tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     # Tune's auto loggers are off (no TensorBoard files); JSON + CSV give the ResultGrid its history.
@@ -166,6 +174,8 @@ def _tuner(study: Study, spec: Spec, setup: TrialSetup, data_ref: Any, storage: 
     if not verbose:
         logging.getLogger("ray.tune").setLevel(logging.WARNING)
         callbacks.append(Progress(count_trials(spec), study.metric, study.mode))
+    if restore:
+        return tune.Tuner.restore(str(folder), trainable, resume_errored=True)
     return tune.Tuner(
         trainable,
         param_space=param_space(spec),
@@ -178,8 +188,8 @@ def _tuner(study: Study, spec: Spec, setup: TrialSetup, data_ref: Any, storage: 
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=sweep_id,
-            storage_path=str(storage),
+            name=folder.name,
+            storage_path=str(folder.parent),
             callbacks=callbacks,
             verbose=2 if verbose else 0,
             failure_config=tune.FailureConfig(max_failures=spec.sweep.max_failures),
@@ -188,31 +198,26 @@ def _tuner(study: Study, spec: Spec, setup: TrialSetup, data_ref: Any, storage: 
     )
 
 
-def _collect(grid: Any, client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[tuple[TrialResult, Any]]:
-    runs = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=10_000)
-    outcome = {r.data.tags.get("skeptic.trial_id"): r for r in runs}
+def _collect(
+    grid: Any, client: MlflowClient, experiment_id: str, parent_run_id: str
+) -> list[tuple[TrialResult, Any]]:
+    """Each trial's result, with its parameters and outcome as its MLflow child run records them."""
+    runs = client.search_runs(
+        [experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=10_000
+    )
+    by_trial = {r.data.tags.get("skeptic.trial_id"): r for r in runs}
     collected = []
     for result in grid:
-        trial_id = result.metrics.get("trial_id") or result.path.rsplit("_", 2)[0]
-        run = outcome.get(trial_id)
+        trial_id = result.metrics.get("trial_id")
+        run = by_trial.get(trial_id)
         history = []
         if result.metrics_dataframe is not None:
-            numeric = result.metrics_dataframe.select_dtypes("number")
-            history = numeric.to_dict("records")
-        params = dict(run.data.params) if run else {}
-        params = {k: _parse(v) for k, v in params.items()}
-        collected.append(
-            (
-                TrialResult(
-                    trial_id=trial_id,
-                    params=params,
-                    history=history,
-                    outcome=(run.data.tags.get("skeptic.outcome") if run else None) or ("failed" if result.error else "unknown"),
-                    run_id=run.info.run_id if run else None,
-                ),
-                result,
-            )
-        )
+            history = result.metrics_dataframe.select_dtypes("number").to_dict("records")
+        params = {k: _parse(v) for k, v in (run.data.params if run else {}).items()}
+        outcome = run.data.tags.get("skeptic.outcome") if run else None
+        outcome = outcome or ("failed" if result.error else "unknown")
+        run_id = run.info.run_id if run else None
+        collected.append((TrialResult(trial_id, params, history, outcome, run_id), result))
     return collected
 
 
@@ -244,6 +249,34 @@ def _champion(study: Study, best: tuple[TrialResult, Any], sweep_id: str, verdic
     return register_champion(study, state, params, trial.run_id, tags)
 
 
+@dataclass
+class SweepRecord:
+    """What `skeptic resume` needs, saved beside Tune's state as skeptic-sweep.json."""
+
+    sweep_id: str
+    study: str
+    spec: dict[str, Any]
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    folder: str  # the sweep's folder: Tune's experiment path
+    command: str
+
+    FILE: ClassVar[str] = "skeptic-sweep.json"
+
+    def save(self) -> None:
+        Path(self.folder).mkdir(parents=True, exist_ok=True)
+        (Path(self.folder) / self.FILE).write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def find(cls, sweep_id: str, storage: str | None) -> SweepRecord:
+        root = Path(storage or DEFAULT_STORAGE).resolve()
+        matches = list(root.glob(f"*/{sweep_id}/{cls.FILE}"))
+        if not matches:
+            raise SpecError(f"sweep {sweep_id!r}: no {cls.FILE} under {root}/<study>/ (check --storage)")
+        return cls(**json.loads(matches[0].read_text()))
+
+
 def run_sweep(
     study: Study,
     spec: Spec,
@@ -253,41 +286,106 @@ def run_sweep(
     storage: str | None = None,
     verbose: bool = False,
     command: str = "",
-    register: bool = True,
 ) -> SweepOutcome:
+    """Validate resources, prepare data once, open the parent run, run every trial, judge, register."""
     check_gpu_request(spec, address)
     uri = tracking.resolve_tracking_uri(tracking_uri)
-    tracking.set_active_uri(uri)
     client = MlflowClient(uri)
     sweep_id = f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    storage_dir = Path(storage or DEFAULT_STORAGE).resolve() / study.name
+    folder = Path(storage or DEFAULT_STORAGE).resolve() / study.name / sweep_id
     print(f"sweep {sweep_id}: {count_trials(spec)} trials; preparing data", flush=True)
     data = study.prepare_data(spec)
     experiment_id = tracking.ensure_experiment(client, study.name, uri)
-    parent = tracking.start_parent_run(client, experiment_id, sweep_id, spec, data_hash(data), count_trials(spec))
+    parent = tracking.start_parent_run(
+        client, experiment_id, sweep_id, spec, data_hash(data), count_trials(spec)
+    )
+    record = SweepRecord(
+        sweep_id, study.name, spec.model_dump(mode="json"), uri, experiment_id, parent,
+        str(folder), command,
+    )  # fmt: skip
+    record.save()
+    return _execute(study, spec, record, data, address, verbose, restore=False)
+
+
+def resume_sweep(
+    sweep_id: str, *, storage: str | None = None, address: str | None = None, verbose: bool = False
+) -> SweepOutcome:
+    """Finish an interrupted sweep: only unfinished trials run, into the same MLflow runs."""
+    record = SweepRecord.find(sweep_id, storage)
+    study = get_study(record.study)
+    spec = validate_spec(record.spec, study.Params)
+    client = MlflowClient(record.tracking_uri)
+    print(f"resuming sweep {sweep_id}; preparing data", flush=True)
+    data = study.prepare_data(spec)
+    recorded = client.get_run(record.parent_run_id).data.tags.get("skeptic.data_hash")
+    if recorded != data_hash(data):
+        raise SpecError(f"sweep {sweep_id}: the data differs from the data it started with")
+    client.update_run(record.parent_run_id, status="RUNNING")
+    return _execute(study, spec, record, data, address, verbose, restore=True)
+
+
+def _execute(
+    study: Study, spec: Spec, record: SweepRecord, data: dict, address: str | None,
+    verbose: bool, restore: bool,
+) -> SweepOutcome:  # fmt: skip
+    client = MlflowClient(record.tracking_uri)
+    tracking.set_active_uri(record.tracking_uri)
     status = "FAILED"
+    def terminate(signum: int, frame: Any) -> None:
+        # `ray job stop` and Kubernetes send SIGTERM and kill soon after: close the runs first.
+        tracking.close_sweep(client, record.experiment_id, record.parent_run_id, "KILLED")
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminate) if main_thread else None
     try:
         init_ray(address)
-        setup = TrialSetup(spec, uri, experiment_id, parent, swept_names(spec))
-        tuner = _tuner(study, spec, setup, ray.put(data), storage_dir, sweep_id, verbose)
+        setup = TrialSetup(
+            spec, record.tracking_uri, record.experiment_id, record.parent_run_id, swept_names(spec)
+        )
+        tuner = _tuner(study, spec, setup, ray.put(data), Path(record.folder), verbose, restore)
         grid = tuner.fit()
-        collected = _collect(grid, client, experiment_id, parent)
-        results = [t for t, _ in collected]
-        verdict = study.verdict(results, spec)
-        facts = {"sweep": sweep_id, "trials": len(results), "tracking": uri, "parent run": parent}
-        report = write_report(study, verdict, storage_dir / sweep_id / "report", facts, command)
-        client.log_artifacts(parent, str(report.parent), artifact_path="report")
-        client.set_tag(parent, "skeptic.verdict", verdict.label)
-        client.set_tag(parent, "skeptic.verdict_summary", verdict.summary[:4000])
-        best = _best(study, collected)
-        version = _champion(study, best, sweep_id, verdict) if (register and best) else None
-        if version:
-            client.set_tag(parent, "skeptic.champion_version", version)
-            client.set_tag(parent, "skeptic.champion_run_id", best[0].run_id)
+        if _unfinished(grid):
+            status = "KILLED"
+            print(f"\ninterrupted; continue with: skeptic resume {record.sweep_id}", file=sys.stderr)
+            raise KeyboardInterrupt
+        outcome = _judge_and_register(study, spec, record, client, grid)
         status = "FINISHED"
-        return SweepOutcome(sweep_id, parent, verdict, report, results, version)
+        return outcome
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        client.set_terminated(parent, status)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        tracking.close_sweep(client, record.experiment_id, record.parent_run_id, status)
+
+
+def _unfinished(grid: Any) -> bool:
+    # Tune returns normally after Ctrl-C with some trials not terminated.
+    trials = grid._experiment_analysis.trials
+    return any(t.status not in ("TERMINATED", "ERROR") for t in trials)
+
+
+def _judge_and_register(
+    study: Study, spec: Spec, record: SweepRecord, client: MlflowClient, grid: Any
+) -> SweepOutcome:
+    parent = record.parent_run_id
+    collected = _collect(grid, client, record.experiment_id, parent)
+    results = [t for t, _ in collected]
+    verdict = study.verdict(results, spec)
+    facts = {
+        "sweep": record.sweep_id, "trials": len(results), "tracking": record.tracking_uri,
+        "parent run": parent, "git commit": client.get_run(parent).data.tags.get("skeptic.git_commit"),
+    }  # fmt: skip
+    report = write_report(study, verdict, Path(record.folder) / "report", facts, record.command)
+    client.log_artifacts(parent, str(report.parent), artifact_path="report")
+    client.set_tag(parent, "skeptic.verdict", verdict.label)
+    client.set_tag(parent, "skeptic.verdict_summary", verdict.summary[:4000])
+    version = client.get_run(parent).data.tags.get("skeptic.champion_version")
+    best = _best(study, collected)
+    if best and version is None:  # a resumed sweep that had registered already keeps its version
+        version = _champion(study, best, record.sweep_id, verdict)
+        client.set_tag(parent, "skeptic.champion_version", version)
+        client.set_tag(parent, "skeptic.champion_run_id", best[0].run_id)
+    return SweepOutcome(study.name, record.sweep_id, parent, verdict, report, results, version)

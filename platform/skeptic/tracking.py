@@ -120,8 +120,18 @@ class FinalizeChildRuns(Callback):
         self._close(trial, "failed", "FAILED")
 
 
-def log_text_artifacts(client: MlflowClient, run_id: str, folder: Path, artifact_path: str) -> None:
-    client.log_artifacts(run_id, str(folder), artifact_path=artifact_path)
+def close_sweep(client: MlflowClient, experiment_id: str, parent_run_id: str, status: str) -> None:
+    """End the parent run; if the sweep did not finish, end its still-running children as
+    KILLED too, so the dashboard never shows runs that nothing is running."""
+    if status != "FINISHED":
+        running = client.search_runs(
+            [experiment_id],
+            f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'",
+        )
+        for run in running:
+            client.set_tag(run.info.run_id, "skeptic.outcome", "interrupted")
+            client.set_terminated(run.info.run_id, "KILLED")
+    client.set_terminated(parent_run_id, status)
 
 
 def set_active_uri(uri: str) -> None:

@@ -62,6 +62,7 @@ class TrialContext:
     run_id: str
     start_epoch: int = 0  # first epoch to run (after a restore)
     state: dict[str, Any] | None = None  # the last checkpointed state, if restored
+    logged_through: int = -1  # epochs up to this one are already in the MLflow run
     _last: float = field(default_factory=time.perf_counter)
 
     def report(
@@ -79,10 +80,10 @@ class TrialContext:
         metrics = {"epoch_time": now - self._last, **metrics}
         if samples:
             metrics["throughput"] = samples / metrics["epoch_time"]
-        ts = int(time.time() * 1000)
-        self.client.log_batch(
-            self.run_id, metrics=[Metric(k, float(v), ts, epoch) for k, v in metrics.items()]
-        )
+        if epoch > self.logged_through:  # replayed epochs (checkpoint older than the crash)
+            ts = int(time.time() * 1000)
+            batch = [Metric(k, float(v), ts, epoch) for k, v in metrics.items()]
+            self.client.log_batch(self.run_id, metrics=batch)
         with tempfile.TemporaryDirectory() as tmp:
             torch.save({"epoch": epoch, "state": state}, Path(tmp) / STATE_FILE)
             extra = {"epoch": epoch, "skeptic_run_id": self.run_id}
@@ -127,6 +128,12 @@ def _child_run(client: MlflowClient, setup: TrialSetup, trial_id: str, name: str
     return client.create_run(setup.experiment_id, run_name=name, tags=tags).info.run_id
 
 
+def _logged_through(client: MlflowClient, run_id: str) -> int:
+    """The last epoch this run has metrics for: Tune's recorded checkpoint can lag the crash."""
+    history = client.get_metric_history(run_id, "epoch_time")
+    return max((m.step for m in history), default=-1)
+
+
 def trial_params(study: Study, setup: TrialSetup, config: dict) -> tuple[BaseModel, dict]:
     """Validated parameters of this trial, and the flat dict logged as its MLflow params."""
     point = {k: v for k, v in config["point"].items() if k != "arm"}
@@ -156,7 +163,8 @@ def run_trial(config: dict, data: dict, setup: TrialSetup) -> None:
             tags=[RunTag("skeptic.device", str(device)), RunTag("skeptic.host", os.uname().nodename)],
         )
     seed_everything(seed + 1000 * start_epoch)
-    ctx = TrialContext(params, seed, device, data, client, run_id, start_epoch, state)
+    through = _logged_through(client, run_id)
+    ctx = TrialContext(params, seed, device, data, client, run_id, start_epoch, state, through)
     try:
         study.train(ctx)
     except Exception as err:

@@ -1,0 +1,172 @@
+"""A real cluster: `ray start --head` on loopback and a real `skeptic mlflow-server`; studies are
+submitted through the Ray Jobs API with `skeptic submit`, watched, and stopped."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from skeptic.cli import main
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _kill_matching(needle: str) -> None:
+    """End every process whose command line names `needle` (`ray stop` would also end the
+    test session's own in-process Ray)."""
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=False)
+    for line in out.stdout.splitlines()[1:]:
+        pid, args = line.strip().split(None, 1)
+        if needle in args and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    temp = Path(subprocess.check_output(["mktemp", "-d", "/tmp/skh-XXXX"], text=True).strip())
+    dashboard = _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [
+        str(BIN / "ray"), "start", "--head", f"--port={_free_port()}", "--node-ip-address=127.0.0.1",
+        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+        f"--ray-client-server-port={_free_port()}", "--num-cpus=2", f"--temp-dir={temp}",
+        "--disable-usage-stats",
+    ]  # fmt: skip
+    try:
+        subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=120)
+        yield f"http://127.0.0.1:{dashboard}"
+    finally:
+        _kill_matching(str(temp))
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    cmd = [sys.executable, "-m", "skeptic", "mlflow-server", "--port", str(port),
+           "--backend-store-uri", f"sqlite:///{root / 'db.sqlite'}",
+           "--artifacts-destination", str(root / "artifacts")]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=root, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(lambda: _healthy(url), 90, "mlflow server")
+        yield url, root / "artifacts"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _wait(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _submit(capsys, head: str, uri: str, *extra: str) -> str:
+    assert main(["submit", "large_batch", "--smoke", "--address", head, "--tracking-uri", uri, *extra]) == 0
+    return re.search(r"submitted job (\S+)", capsys.readouterr().out).group(1)
+
+
+def _status(head: str, job_id: str) -> str:
+    from ray.job_submission import JobSubmissionClient
+
+    return str(JobSubmissionClient(head).get_job_status(job_id)).rsplit(".", 1)[-1]
+
+
+def _runs(uri: str) -> tuple[list, list]:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("large_batch")
+    runs = client.search_runs([exp.experiment_id], max_results=1000) if exp else []
+    return [r for r in runs if r.data.tags.get("skeptic.kind") == "sweep"], runs
+
+
+def test_submitted_smoke_study_is_tracked_on_the_server(ray_head, mlflow_server, capsys):
+    uri, artifacts = mlflow_server
+    job_id = _submit(capsys, ray_head, uri)
+    _wait(lambda: _status(ray_head, job_id) in ("SUCCEEDED", "FAILED", "STOPPED"), 480, "the job")
+    assert main(["logs", job_id, "--address", ray_head]) == 0
+    logs = capsys.readouterr().out
+    assert _status(ray_head, job_id) == "SUCCEEDED", logs[-3000:]
+    assert "verdict: the belief UNDECIDED" in logs
+    parents, runs = _runs(uri)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert sorted(c.data.params["arm"] for c in children) == ["+RA", "LB", "SB"]
+    version = MlflowClient(uri).get_model_version_by_alias("large_batch", "champion")
+    assert version.run_id in {c.info.run_id for c in children}
+    assert list(artifacts.rglob("report.md")), "the report must land in the server's artifact store"
+    assert list(artifacts.rglob("weights.safetensors")), "the champion must land on the server"
+    assert main(["status", job_id, "--address", ray_head]) == 0
+    assert "SUCCEEDED" in capsys.readouterr().out
+    assert main(["jobs", "--address", ray_head]) == 0
+    assert job_id in capsys.readouterr().out
+
+
+def test_stopped_job_leaves_no_running_runs(ray_head, mlflow_server, capsys):
+    uri, _ = mlflow_server
+    before = {r.info.run_id for r in _runs(uri)[0]}
+    job_id = _submit(capsys, ray_head, uri, "--set", "train.epochs=400")
+
+    def training() -> bool:
+        _, runs = _runs(uri)
+        return any(r.info.status == "RUNNING" and "mlflow.parentRunId" in r.data.tags for r in runs)
+
+    _wait(training, 240, "a running trial")
+    assert main(["stop", job_id, "--address", ray_head]) == 0
+    assert "STOPPED" in capsys.readouterr().out
+    parents, runs = _runs(uri)
+    (parent,) = [p for p in parents if p.info.run_id not in before]
+    assert parent.info.status == "KILLED"
+    mine = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert mine and all(r.info.status != "RUNNING" for r in mine)
+
+
+def test_clear_errors_before_anything_is_submitted(ray_head, mlflow_server, capsys):
+    uri, _ = mlflow_server
+    assert main(["status", "no-such-job", "--address", ray_head]) == 2
+    assert "unknown" in capsys.readouterr().err
+    dead = f"http://127.0.0.1:{_free_port()}"
+    assert main(["submit", "large_batch", "--smoke", "--address", dead, "--tracking-uri", uri]) == 2
+    assert dead in capsys.readouterr().err
+    jobs_before = len(main_jobs(ray_head))
+    assert main(["submit", "large_batch", "--smoke", "--address", ray_head, "--tracking-uri", dead]) == 2
+    assert "unreachable" in capsys.readouterr().err
+    assert len(main_jobs(ray_head)) == jobs_before
+
+
+def main_jobs(head: str) -> list:
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(head).list_jobs()
