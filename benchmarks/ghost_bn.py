@@ -63,6 +63,7 @@ def time_pair(
     plain: Callable[[], None], ghost: Callable[[], None], args: argparse.Namespace, cuda: bool
 ) -> tuple[float, float]:
     """Median seconds of each, interleaved with alternating order."""
+
     def once(fn: Callable[[], None]) -> float:
         if cuda:
             torch.cuda.synchronize()
@@ -113,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.cpu_only else [])
     mode = "torch.compile" if args.compile else "eager"
-    print(f"torch {torch.__version__}, {args.threads} CPU threads, {mode}, median of {args.repeats}")
+    print(
+        f"torch {torch.__version__}, {args.threads} CPU threads, {mode}, median of {args.repeats}"
+    )
     b, g, sb, sg = args.batch, args.ghost, args.small_batch, args.small_ghost
     for device in devices:
         case(f"BN fwd+bwd  batch {b} ghost {g}", b, g, False, args, device)

@@ -33,7 +33,7 @@ def test_dry_run_prints_trials_without_starting_ray(capsys, tmp_path, monkeypatc
     was_running = ray.is_initialized()
     assert main(["run", "large_batch", "--dry-run", "--set", "sweep.seeds=2"]) == 0
     out = capsys.readouterr().out
-    assert "trials = 9 grid points x 2 seeds" in out
+    assert "22 trials = 11 grid points x 2 seeds" in out
     assert '"arm": "SB"' in out
     assert ray.is_initialized() == was_running
     assert not (tmp_path / "mlflow.db").exists()

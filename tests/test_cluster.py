@@ -51,6 +51,9 @@ def ray_head(tmp_path_factory):
         str(BIN / "ray"), "start", "--head", f"--port={_free_port()}", "--node-ip-address=127.0.0.1",
         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
         f"--ray-client-server-port={_free_port()}", "--num-cpus=2", f"--temp-dir={temp}",
+        # every port its own: fixed defaults (e.g. the agent's 52365) collide with other heads
+        f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+        f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}",
         "--disable-usage-stats",
     ]  # fmt: skip
     try:

@@ -39,7 +39,7 @@ class Params(BaseModel):
     base_batch: int = Field(64, ge=1, description="the small-batch reference B_small")
     lr: float = Field(0.05, gt=0, description="learning rate (scaled by sweep.derive)")
     lr_rule: Literal["none", "linear", "sqrt"] = "none"
-    ghost_batch: int | None = Field(None, ge=1, description="Ghost BN chunk; None = plain BN")
+    ghost_batch: int | None = Field(None, ge=2, description="Ghost BN chunk; None = plain BN")
     regime: Literal["fixed", "adapted"] = "fixed"
     epochs: int = Field(10, ge=1, description="epochs of the small-batch regime")
     lr_drops: list[float] = Field([0.5, 0.75], description="fractions of training where lr /= 10")

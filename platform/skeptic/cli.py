@@ -255,10 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     from skeptic.spec import SpecError
-    from skeptic.study import UnknownStudy
+    from skeptic.study import SweepFailed, UnknownStudy
 
     try:
         return args.func(args)
     except (SpecError, UnknownStudy) as err:
         print(f"skeptic: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except SweepFailed as err:
+        print(f"skeptic: sweep failed: {err}", file=sys.stderr)
+        return 1

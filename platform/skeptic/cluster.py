@@ -76,9 +76,11 @@ def submit(
 ) -> str:
     check_tracking_server(tracking_uri)
     client = job_client(address)
-    entrypoint = f"python -m skeptic run {spec.study} --spec {SPEC_NAME} --tracking-uri {tracking_uri}"
-    if storage:
-        entrypoint += f" --storage {storage}"
+    # The job's working_dir is temporary: results default to the head's home directory.
+    entrypoint = (
+        f"python -m skeptic run {spec.study} --spec {SPEC_NAME} --tracking-uri {tracking_uri}"
+        f" --storage {storage or '$HOME/skeptic-runs'}"
+    )
     if verbose:
         entrypoint += " --verbose"
     with tempfile.TemporaryDirectory(prefix="skeptic-job-") as tmp:
@@ -95,7 +97,19 @@ def submit(
                 "PYTHONUNBUFFERED": "1",
             },
         }
-        return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+        return _submit_with_retry(client, entrypoint, runtime_env)
+
+
+def _submit_with_retry(client: Any, entrypoint: str, runtime_env: dict, wait_s: float = 60) -> str:
+    """A head that has just started answers 'No available agent' for a few seconds."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+        except RuntimeError as err:
+            if "No available agent" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
 
 
 def _info(client: Any, job_id: str) -> Any:

@@ -31,9 +31,12 @@ class Progress(Callback):
         self.start = time.monotonic()
         self.best: float | None = None
         self.best_trial = ""
-        self.done = self.failed = 0
         self.progress: dict[str, float] = {}  # trial id -> fraction of its epochs done
         self.last_print = 0.0
+
+    def setup(self, **info) -> None:
+        # Also called when a sweep is resumed: the clock restarts then.
+        self.start = time.monotonic()
 
     def _better(self, value: float) -> bool:
         if self.best is None:
@@ -41,15 +44,19 @@ class Progress(Callback):
         return value > self.best if self.mode == "max" else value < self.best
 
     def _line(self, trials: list) -> str:
-        running = sum(1 for t in trials if t.status == "RUNNING")
-        pending = self.total - self.done - self.failed - running
+        # Counted from the trials' states, not from events, so a resumed sweep counts right.
+        done = sum(t.status == "TERMINATED" for t in trials)
+        failed = sum(t.status == "ERROR" for t in trials)
+        running = sum(t.status == "RUNNING" for t in trials)
+        pending = self.total - done - failed - running
         elapsed = time.monotonic() - self.start
-        fraction = (self.done + self.failed + sum(self.progress.values())) / max(self.total, 1)
+        partial = sum(v for k, v in self.progress.items() if any(t.trial_id == k and t.status == "RUNNING" for t in trials))
+        fraction = (done + failed + partial) / max(self.total, 1)
         eta = _clock(elapsed / fraction - elapsed) if fraction > 0.02 else "?"
         best = f"{self.best:.4f} ({self.best_trial})" if self.best is not None else "-"
-        failed = f", {self.failed} failed" if self.failed else ""
+        failed_text = f", {failed} failed" if failed else ""
         return (
-            f"[{_clock(elapsed)}] trials {self.done}/{self.total} done{failed}, {running} running, "
+            f"[{_clock(elapsed)}] trials {done}/{self.total} done{failed_text}, {running} running, "
             f"{max(pending, 0)} pending | best {self.metric} {best} | left ~{eta}"
         )
 
@@ -70,13 +77,9 @@ class Progress(Callback):
         self._print(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self.done += 1
-        self.progress.pop(trial.trial_id, None)
         self._print(trials, force=not self.tty)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.failed += 1
-        self.progress.pop(trial.trial_id, None)
         print(f"\ntrial {trial.trial_id} failed: see {trial.error_file}", file=sys.stderr)
 
     def on_experiment_end(self, trials, **info) -> None:

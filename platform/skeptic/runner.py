@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -32,7 +33,7 @@ from skeptic.progress import Progress
 from skeptic.registry import register_champion
 from skeptic.report import write_report
 from skeptic.spec import Dim, Spec, SpecError, count_trials, grid_points, validate_spec
-from skeptic.study import Study, TrialResult, Verdict, get_study
+from skeptic.study import Study, SweepFailed, TrialResult, Verdict, get_study
 from skeptic.trial import STATE_FILE, TrialSetup, run_trial
 
 DEFAULT_STORAGE = "skeptic-runs"
@@ -103,10 +104,12 @@ def describe_plan(study: Study, spec: Spec) -> str:
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Join a cluster at `address`, else reuse a running local Ray, else start one in-process."""
+    """Join the cluster at `address` (or $RAY_ADDRESS, which a Ray job's driver has), else
+    reuse a running in-process Ray, else start one in-process."""
     if ray.is_initialized():
         return
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, **quiet)
     else:
@@ -331,15 +334,20 @@ def _execute(
     client = MlflowClient(record.tracking_uri)
     tracking.set_active_uri(record.tracking_uri)
     status = "FAILED"
+    terminated = []
+
     def terminate(signum: int, frame: Any) -> None:
         # `ray job stop` and Kubernetes send SIGTERM and kill soon after: close the runs first.
+        terminated.append(signum)
         tracking.close_sweep(client, record.experiment_id, record.parent_run_id, "KILLED")
         raise KeyboardInterrupt
 
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, terminate) if main_thread else None
+    previous = None
     try:
         init_ray(address)
+        if main_thread:  # after ray.init, which installs a SIGTERM handler of its own
+            previous = signal.signal(signal.SIGTERM, terminate)
         setup = TrialSetup(
             spec, record.tracking_uri, record.experiment_id, record.parent_run_id, swept_names(spec)
         )
@@ -349,6 +357,8 @@ def _execute(
             status = "KILLED"
             print(f"\ninterrupted; continue with: skeptic resume {record.sweep_id}", file=sys.stderr)
             raise KeyboardInterrupt
+        if all(r.error for r in grid):
+            raise SweepFailed(f"every trial failed; first error: {grid[0].error}")
         outcome = _judge_and_register(study, spec, record, client, grid)
         status = "FINISHED"
         return outcome
@@ -356,8 +366,10 @@ def _execute(
         status = "KILLED"
         raise
     finally:
-        if main_thread:
+        if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        # Tune may turn the interrupt into another error: a SIGTERM still means KILLED.
+        status = "KILLED" if terminated else status
         tracking.close_sweep(client, record.experiment_id, record.parent_run_id, status)
 
 

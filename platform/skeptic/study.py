@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from skeptic.trial import TrialContext
 
 
+class SweepFailed(RuntimeError):
+    """No trial of a sweep finished: there is nothing to judge or register."""
+
+
 @dataclass
 class TrialResult:
     """One finished (or stopped, or failed) trial, as the verdict sees it."""

@@ -106,8 +106,9 @@ def _restore() -> tuple[int, dict | None]:
     return saved["epoch"] + 1, saved["state"]
 
 
-def _child_run(client: MlflowClient, setup: TrialSetup, trial_id: str, name: str) -> str:
-    """The trial's MLflow run: found again by trial id after a retry or resume, never duplicated."""
+def _child_run(client: MlflowClient, setup: TrialSetup, trial_id: str, name: str) -> str | None:
+    """The trial's MLflow run: found again by trial id after a retry or resume, never
+    duplicated. None when that run already completed (Tune's saved state can lag it)."""
     found = client.search_runs(
         [setup.experiment_id],
         filter_string=(
@@ -117,6 +118,8 @@ def _child_run(client: MlflowClient, setup: TrialSetup, trial_id: str, name: str
         max_results=1,
     )
     if found:
+        if found[0].data.tags.get("skeptic.outcome") == "completed":
+            return None
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
         return run_id
@@ -155,6 +158,8 @@ def run_trial(config: dict, data: dict, setup: TrialSetup) -> None:
     client = MlflowClient(setup.tracking_uri)
     trial_id = tune.get_context().get_trial_id()
     run_id = _child_run(client, setup, trial_id, study.run_name(logged, setup.swept))
+    if run_id is None:
+        return  # finished before the driver died: never train it twice
     start_epoch, state = _restore()
     if start_epoch == 0:
         client.log_batch(
