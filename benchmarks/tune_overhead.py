@@ -11,6 +11,7 @@ utilisation of the sweep: busy core-seconds / (wall seconds x cores) (target >= 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import sys
@@ -45,6 +46,9 @@ class PlainContext:
 
     def report(self, metrics: dict, state: dict, samples: int = 0, progress: float = 0) -> None:
         self.samples += samples
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
 
 
 def sets(args: argparse.Namespace) -> list[str]:

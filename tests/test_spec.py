@@ -124,3 +124,14 @@ def test_unknown_arm_param_is_an_error():
     defaults = {"sweep": {"arms": {"X": {"widthh": 3}}}}
     with pytest.raises(SpecError, match="'widthh' is not a training parameter"):
         load(defaults=defaults)
+
+
+def test_autocast_is_a_no_op_on_cpu():
+    import torch
+
+    from skeptic.trial import TrialContext
+
+    ctx = TrialContext(None, 0, torch.device("cpu"), {}, None, "r", bf16=True)
+    with ctx.autocast():
+        out = torch.ones(2, 2) @ torch.ones(2, 2)
+    assert out.dtype == torch.float32

@@ -161,8 +161,10 @@ class LargeBatch(Study):
                 group["lr"] = lr_at(p, epoch, total)
             # the order depends on (seed, epoch) only, so a resumed trial replays it exactly
             gen = torch.Generator().manual_seed(ctx.seed * 100_003 + epoch)
-            train_loss, train_acc = self._epoch(model, opt, x, y, p, gen)
-            val_loss, val_acc = evaluate(model, xv, yv)
+            with ctx.autocast():
+                train_loss, train_acc = self._epoch(model, opt, x, y, p, gen)
+            with ctx.autocast():
+                val_loss, val_acc = evaluate(model, xv, yv)
             metrics = {
                 "train_loss": train_loss, "train_acc": train_acc,
                 "val_loss": val_loss, "val_acc": val_acc,

@@ -102,7 +102,8 @@ class Sweep(_Strict):
 
 class Resources(_Strict):
     cpu: float = Field(1, gt=0)
-    gpu: float = Field(0, ge=0)
+    gpu: float = Field(0, ge=0)  # per trial; fractional values pack trials on one GPU
+    bf16: bool = False  # bf16 autocast on CUDA (ignored on CPU)
 
 
 class Data(_Strict):

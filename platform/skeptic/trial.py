@@ -6,6 +6,7 @@ so it works the same on a remote worker (the tracking URI included: ray#36257).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import tempfile
@@ -63,7 +64,14 @@ class TrialContext:
     start_epoch: int = 0  # first epoch to run (after a restore)
     state: dict[str, Any] | None = None  # the last checkpointed state, if restored
     logged_through: int = -1  # epochs up to this one are already in the MLflow run
+    bf16: bool = False
     _last: float = field(default_factory=time.perf_counter)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Wrap forward passes in this: bf16 autocast on CUDA when the spec asks for it."""
+        if self.bf16 and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def report(
         self,
@@ -154,6 +162,7 @@ def run_trial(config: dict, data: dict, setup: TrialSetup) -> None:
     params, logged = trial_params(study, setup, config)
     seed = int(config["seed"])
     device = pick_device(setup.spec.resources.gpu)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes per trial
     torch.set_num_threads(max(1, int(setup.spec.resources.cpu)))
     client = MlflowClient(setup.tracking_uri)
     trial_id = tune.get_context().get_trial_id()
@@ -169,7 +178,10 @@ def run_trial(config: dict, data: dict, setup: TrialSetup) -> None:
         )
     seed_everything(seed + 1000 * start_epoch)
     through = _logged_through(client, run_id)
-    ctx = TrialContext(params, seed, device, data, client, run_id, start_epoch, state, through)
+    ctx = TrialContext(
+        params, seed, device, data, client, run_id, start_epoch, state, through,
+        bf16=setup.spec.resources.bf16,
+    )  # fmt: skip
     try:
         study.train(ctx)
     except Exception as err:
