@@ -173,10 +173,21 @@ class _GhostMixin:
 
     ghost_size: int | None
 
-    def _init_ghost(self, ghost_size: int | None) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        ghost_size: int | None,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(num_features, eps=eps, momentum=momentum, **kwargs)  # the BatchNorm
         if ghost_size is not None and ghost_size < 1:
             raise ValueError(f"ghost_size must be >= 1 or None, got {ghost_size}")
         self.ghost_size = ghost_size
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, ghost_size={self.ghost_size}"  # type: ignore[misc]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bn: nn.modules.batchnorm._BatchNorm = self  # type: ignore[assignment]
@@ -238,37 +249,9 @@ class GhostBatchNorm(_GhostMixin, nn.BatchNorm1d):
     checkpoints are interchangeable. See the module docstring for the edge cases.
     """
 
-    def __init__(
-        self,
-        num_features: int,
-        ghost_size: int | None,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(num_features, eps=eps, momentum=momentum, **kwargs)
-        self._init_ghost(ghost_size)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, ghost_size={self.ghost_size}"
-
 
 class GhostBatchNorm2d(_GhostMixin, nn.BatchNorm2d):
     """`nn.BatchNorm2d` (input (N, C, H, W)) with ghost chunks of `ghost_size` images."""
-
-    def __init__(
-        self,
-        num_features: int,
-        ghost_size: int | None,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(num_features, eps=eps, momentum=momentum, **kwargs)
-        self._init_ghost(ghost_size)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, ghost_size={self.ghost_size}"
 
 
 def make_norm(num_features: int, ghost_size: int | None) -> nn.Module:

@@ -6,6 +6,7 @@ Office-Home add a domain level: `root/<domain>/<class>/<image>`.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -50,14 +51,53 @@ def read_images(paths: list[Path], size: int) -> np.ndarray:
     return out
 
 
+# PIL raises several types for corrupt or truncated files; all mean "unreadable".
+_UNREADABLE = (
+    OSError,
+    UnidentifiedImageError,
+    SyntaxError,
+    ValueError,
+    Image.DecompressionBombError,
+)
+
+
+def image_to_array(img: Image.Image, size: int) -> np.ndarray:
+    """The preprocessing shared by training and serving: RGB, bilinear resize to
+    size x size, float32 3 x size x size in [0, 1]."""
+    rgb = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0
+
+
+def decode_image(data: bytes, size: int, max_pixels: int | None = None) -> np.ndarray:
+    """Decode encoded image bytes (PNG, JPEG, BMP, ...) and preprocess them exactly like
+    `read_images` does files. `max_pixels` caps width x height, checked from the header
+    before anything is decoded (a small PNG can expand to gigabytes).
+
+    Raises ValueError with the reason when the bytes are not a readable image."""
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    try:
+        im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ValueError("cannot decode image: not a known image format (PNG, JPEG, ...)") from None
+    except _UNREADABLE as e:
+        raise ValueError(f"cannot decode image: {e}") from e
+    with im:
+        width, height = im.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise ValueError(f"image is {width}x{height} pixels, over the limit of {max_pixels}")
+        try:
+            return image_to_array(im, size)
+        except _UNREADABLE as e:
+            raise ValueError(f"cannot decode image: {e}") from e
+
+
 def _read_one(path: Path, size: int) -> np.ndarray:
     try:
         with Image.open(path) as im:
-            rgb = im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-        # PIL raises several types for corrupt or truncated files; all mean "unreadable".
+            return image_to_array(im, size)
+    except _UNREADABLE as e:
         raise ValueError(f"cannot read image {path}: {e}") from e
-    return np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0
 
 
 def load_imagefolder(
