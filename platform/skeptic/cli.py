@@ -245,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     _add_tracking(p)
     p.set_defaults(func=_cmd_ui)
+
+    from skeptic.serve_cli import add_commands as add_serve_commands
+
+    add_serve_commands(sub)
     return parser
 
 

@@ -1,0 +1,231 @@
+"""The HTTP contract of a served model: request/response schemas, and the checks that turn a
+request body into a float32 batch of the model's signature shape or a 4xx that names the
+problem. Pure functions (no Serve), so they are cheap to test and reuse."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_K = 3
+
+
+class RequestError(Exception):
+    """A client error: HTTP status, a short machine-readable code and a message."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.code, "detail": self.detail}
+
+
+# --- schemas (also what /openapi.json documents) ---------------------------------------------
+
+
+class PredictRequest(BaseModel):
+    """Give exactly one of `inputs` (preprocessed tensors) or `images` (encoded images)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"images": ["iVBORw0KGgo..."], "k": 3}]},
+    )
+
+    inputs: list[Any] | None = Field(
+        None,
+        description="Batch of float arrays, each nested to the model's input shape C x H x W "
+        "(see /metadata: input_shape), values as in training (images: RGB in [0, 1]).",
+    )
+    images: list[str] | None = Field(
+        None,
+        description="Batch of base64-encoded PNG/JPEG/BMP images; each is decoded, converted "
+        "to RGB and resized to the model's input size with the training data pipeline.",
+    )
+    k: int = Field(DEFAULT_K, ge=1, le=1000, description="labels to return per item (top-k)")
+
+
+class Label(BaseModel):
+    label: str
+    index: int
+    probability: float
+
+
+class PredictResponse(BaseModel):
+    model: str = Field(description="registered model name")
+    version: str = Field(description="the registered model version that answered")
+    predictions: list[list[Label]] = Field(description="per input item, top-k, best first")
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="machine-readable code, e.g. wrong_shape")
+    detail: str = Field(description="what is wrong, in words")
+
+
+# --- request body -> batch ---------------------------------------------------------------------
+
+
+def parse_body(body: bytes) -> PredictRequest:
+    """JSON bytes -> PredictRequest, or 400 (malformed JSON) / 422 (wrong fields)."""
+    try:
+        obj = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RequestError(
+            400, "malformed_json", f"request body is not valid JSON: {err}"
+        ) from None
+    if not isinstance(obj, dict):
+        raise RequestError(
+            422, "invalid_request", f"request body must be a JSON object, got {type(obj).__name__}"
+        )
+    try:
+        request = PredictRequest.model_validate(obj)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors()[:5]
+        )
+        raise RequestError(422, "invalid_request", problems) from None
+    given = [f for f in ("inputs", "images") if getattr(request, f) is not None]
+    if not given:
+        raise RequestError(
+            422,
+            "missing_field",
+            "missing field: give `inputs` (arrays of the model's input shape) "
+            "or `images` (base64-encoded images)",
+        )
+    if len(given) == 2:
+        raise RequestError(422, "invalid_request", "give either `inputs` or `images`, not both")
+    return request
+
+
+def to_batch(
+    request: PredictRequest,
+    input_shape: tuple[int, ...],
+    *,
+    max_items: int,
+    max_image_pixels: int | None = None,
+    dtype: str = "float32",
+) -> np.ndarray:
+    """The request's items as one array of shape (N, *input_shape) and the signature's
+    dtype (float32 for every Skeptic model)."""
+    items = request.inputs if request.inputs is not None else request.images
+    field = "inputs" if request.inputs is not None else "images"
+    if not items:
+        raise RequestError(422, "invalid_request", f"`{field}` is empty: send at least one item")
+    if len(items) > max_items:
+        raise RequestError(
+            413,
+            "batch_too_large",
+            f"{len(items)} items in `{field}`, over the limit of {max_items}",
+        )
+    if request.images is not None:
+        batch = _images_to_batch(request.images, input_shape, max_image_pixels)
+    else:
+        batch = _inputs_to_batch(request.inputs, input_shape)
+    return batch.astype(dtype, copy=False)
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _inputs_to_batch(inputs: list[Any], input_shape: tuple[int, ...]) -> np.ndarray:
+    want = f"[N, {_shape_text(input_shape)[1:]}"
+    try:
+        array = np.asarray(inputs)
+    except (ValueError, TypeError):
+        raise RequestError(
+            422,
+            "wrong_shape",
+            f"`inputs` is not a regular array (ragged nesting); the model takes {want} float32",
+        ) from None
+    if array.dtype.kind not in "iuf":
+        kind = "strings" if array.dtype.kind == "U" else f"{array.dtype} values"
+        raise RequestError(
+            422,
+            "wrong_dtype",
+            f"`inputs` holds {kind}; the model takes numbers (float32)",
+        )
+    if array.shape[1:] != tuple(input_shape):
+        raise RequestError(
+            422,
+            "wrong_shape",
+            f"`inputs` has shape {_shape_text(array.shape)}; the model takes {want} float32",
+        )
+    with np.errstate(over="ignore"):
+        batch = array.astype(np.float32)
+    if not np.isfinite(batch).all():
+        raise RequestError(
+            422, "wrong_dtype", "`inputs` holds values that are not finite float32 numbers"
+        )
+    return batch
+
+
+def _images_to_batch(
+    images: list[str], input_shape: tuple[int, ...], max_pixels: int | None
+) -> np.ndarray:
+    from skeptic.data.imagefolder import decode_image
+
+    if len(input_shape) != 3 or input_shape[0] != 3 or input_shape[1] != input_shape[2]:
+        raise RequestError(
+            422,
+            "wrong_shape",
+            f"this model takes inputs of shape {_shape_text(input_shape)}, not square RGB "
+            "images: send `inputs`",
+        )
+    size = input_shape[1]
+    out = np.empty((len(images), *input_shape), dtype=np.float32)
+    for i, text in enumerate(images):
+        if text.startswith("data:") and "," in text:  # a data URL: data:image/png;base64,....
+            text = text.split(",", 1)[1]
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise RequestError(422, "bad_image", f"images[{i}] is not valid base64") from None
+        try:
+            out[i] = decode_image(data, size, max_pixels=max_pixels)
+        except ValueError as err:
+            raise RequestError(422, "bad_image", f"images[{i}]: {err}") from None
+    return out
+
+
+# --- response ---------------------------------------------------------------------------------
+
+
+def top_k(probs: np.ndarray, class_names: list[str], k: int) -> list[list[dict[str, Any]]]:
+    k = max(1, min(k, probs.shape[1]))
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [
+        [
+            {
+                "label": class_names[j] if j < len(class_names) else str(j),
+                "index": int(j),
+                "probability": float(row[j]),
+            }
+            for j in idx
+        ]
+        for row, idx in zip(probs, order, strict=True)
+    ]
+
+
+# --- API token ------------------------------------------------------------------------------
+
+
+def token_digest(token: str) -> str:
+    """What the replicas keep instead of the token itself."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def token_ok(authorization: str | None, digest: str) -> bool:
+    """`Authorization: Bearer <token>`, compared in constant time (on the SHA-256 digests,
+    so neither the length nor the content of the expected token leaks)."""
+    scheme, _, presented = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not presented:
+        return False
+    return hmac.compare_digest(token_digest(presented.strip()), digest)

@@ -1,0 +1,440 @@
+"""Ray Serve application that serves one registered Skeptic model over HTTP.
+
+Entry for Serve config files and KubeRay's RayService (`import_path: serving.app:build_app`):
+
+    applications:
+      - name: large_batch
+        route_prefix: /large_batch
+        import_path: serving.app:build_app
+        args: {model: large_batch@champion, max_batch_size: 32}
+
+`build_app` resolves the reference (`name@alias` or `name/version`) to one registered
+version and pins it, so re-deploying after the alias moved is a new deployment version and
+Serve rolls the replicas over to it. Each replica loads the model with MLflow's pyfunc
+loader from code + safetensors (the only format it accepts: nothing is unpickled), checks
+every request against the model's signature, and batches requests with `@serve.batch`.
+
+Routes (under the app's route prefix): POST /predict, GET /healthz, GET /metadata,
+GET /docs, GET /openapi.json. See serving/README.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving.api import (
+    DEFAULT_K,
+    ErrorResponse,
+    PredictRequest,
+    PredictResponse,
+    RequestError,
+    parse_body,
+    to_batch,
+    token_digest,
+    token_ok,
+    top_k,
+)
+from serving.registry import (
+    ModelRefError,
+    ResolvedModel,
+    check_safe_format,
+    parse_model_ref,
+    resolve,
+    tracking_uri_or_default,
+)
+
+logger = logging.getLogger("ray.serve")
+
+TOKEN_ENV = "SKEPTIC_API_TOKEN"
+DEPLOYMENT = "ModelServer"
+
+
+class ServeArgs(BaseModel):
+    """The `args` of `serving.app:build_app` (config file, RayService, `skeptic serve`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="registered model: NAME@ALIAS or NAME/VERSION")
+    name: str | None = Field(None, description="served name (informational; route is per app)")
+    tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI")
+    batching: bool = Field(True, description="false: one forward pass per request")
+    max_batch_size: int = Field(32, ge=1, le=4096, description="requests per forward pass")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, le=10)
+    max_payload_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="413 above this")
+    max_batch_items: int = Field(64, ge=1, le=100_000, description="items per request; 413")
+    max_image_pixels: int = Field(4096 * 4096, ge=1, description="width x height per image")
+    default_k: int = Field(DEFAULT_K, ge=1)
+    num_replicas: int | None = Field(None, ge=1)
+    autoscaling_config: dict[str, Any] | None = None
+    max_ongoing_requests: int | None = Field(None, ge=1)
+    access_log: bool = Field(True, description="log every request in the replica log")
+    max_surge_percent: int | None = Field(
+        None, ge=0, le=100, description="roll-over: extra replicas (default: one replica's worth)"
+    )
+    ray_actor_options: dict[str, Any] | None = None
+    # An API token: prefer $SKEPTIC_API_TOKEN (or token_sha256) to a plain value here,
+    # which would be stored in the Serve config. Replicas only ever see the digest.
+    token: str | None = Field(None, repr=False)
+    token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+    @model_validator(mode="after")
+    def _exclusive(self) -> ServeArgs:
+        if self.num_replicas is not None and self.autoscaling_config is not None:
+            raise ValueError("give num_replicas or autoscaling_config, not both")
+        if self.token and self.token_sha256:
+            raise ValueError("give token or token_sha256, not both")
+        return self
+
+
+class ModelServer:
+    """One replica: the model, its signature, the batcher and the FastAPI routes."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        import mlflow
+
+        self.cfg = cfg
+        self.name, self.version = cfg["name"], cfg["version"]
+        uri = cfg["tracking_uri"]
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        model_uri = f"models:/{self.name}/{self.version}"
+        # Checked again here: the version was resolved elsewhere (CLI or build task).
+        resolved = ResolvedModel(self.name, self.version, cfg["ref"], cfg.get("alias"), None)
+        check_safe_format(resolved, uri)
+        started = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning)
+            self.pyfunc = mlflow.pyfunc.load_model(model_uri)
+        spec = self.pyfunc.metadata.get_input_schema().inputs[0]
+        self.input_shape = tuple(int(d) for d in spec.shape[1:])
+        self.input_dtype = str(spec.type)
+        meta = dict(self.pyfunc.metadata.metadata or {})
+        self.meta = meta
+        self.device = self._place(cfg.get("num_gpus", 0))
+        warm = np.zeros((1, *self.input_shape), dtype=self.input_dtype)
+        self.num_classes = int(self._forward(warm).shape[1])
+        names = [str(c) for c in meta.get("class_names") or []]
+        self.class_names = (
+            names if len(names) == self.num_classes else [str(i) for i in range(self.num_classes)]
+        )
+        self.stats = {"batches": 0, "requests": 0}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._batched.set_max_batch_size(cfg["max_batch_size"])
+        self._batched.set_batch_wait_timeout_s(cfg["batch_wait_timeout_s"])
+        logger.info(
+            "loaded %s in %.1fs on %s (input %s)",
+            model_uri, time.perf_counter() - started, self.device, self.input_shape,
+        )  # fmt: skip
+
+    def _place(self, num_gpus: float) -> str:
+        """CPU unless the deployment was given a GPU (ray_actor_options.num_gpus)."""
+        if not num_gpus:
+            return "cpu"
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("ray_actor_options asks for a GPU but torch sees no CUDA device")
+        self.pyfunc.unwrap_python_model().model.to("cuda")
+        return "cuda"
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.pyfunc.predict(batch))
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def _batched(self, batches: list[np.ndarray]) -> list[np.ndarray]:
+        self._idle.clear()
+        try:
+            self.stats["batches"] += 1
+            self.stats["requests"] += len(batches)
+            sizes = np.cumsum([len(b) for b in batches])[:-1]
+            stacked = batches[0] if len(batches) == 1 else np.concatenate(batches)
+            # In a thread: the event loop keeps taking requests meanwhile.
+            probs = await asyncio.to_thread(self._forward, stacked)
+            return np.split(probs, sizes)
+        finally:
+            self._idle.set()
+
+    async def infer(self, batch: np.ndarray) -> np.ndarray:
+        if not self.cfg["batching"]:
+            return await asyncio.to_thread(self._forward, batch)
+        # Serve closes the next batch batch_wait_timeout_s after its first request, even
+        # while the model is still busy with the previous one: under load batches would stay
+        # small. Requests that arrive while a batch runs wait here instead, and all join the
+        # next batch when it is done (continuous batching; no extra wait when idle).
+        await self._idle.wait()
+        return await self._batched(batch)
+
+    def check_health(self) -> None:  # called by Serve
+        if self.pyfunc is None:
+            raise RuntimeError("model not loaded")
+
+    def metadata(self) -> dict[str, Any]:
+        tags = self.cfg.get("tags") or {}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "model_ref": self.cfg["ref"],
+            "alias": self.cfg.get("alias"),
+            "run_id": self.pyfunc.metadata.run_id,
+            "study": self.meta.get("study"),
+            "verdict": tags.get("skeptic.verdict"),
+            "sweep_id": tags.get("skeptic.sweep_id"),
+            "val_acc": _maybe_float(tags.get("skeptic.val_acc")),
+            "input_shape": list(self.input_shape),
+            "input_dtype": self.input_dtype,
+            "class_names": self.class_names,
+            "params": self.meta.get("params"),
+            "device": self.device,
+            "batching": {
+                "enabled": self.cfg["batching"],
+                "max_batch_size": self.cfg["max_batch_size"],
+                "batch_wait_timeout_s": self.cfg["batch_wait_timeout_s"],
+                "batches_run": self.stats["batches"],
+                "requests_batched": self.stats["requests"],
+            },
+            "limits": {
+                "max_payload_bytes": self.cfg["max_payload_bytes"],
+                "max_batch_items": self.cfg["max_batch_items"],
+                "max_image_pixels": self.cfg["max_image_pixels"],
+            },
+        }
+
+    def __serve_build_asgi_app__(self) -> FastAPI:  # Serve calls it after __init__
+        return build_fastapi(self)
+
+
+def _maybe_float(value: str | None) -> float | str | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return value
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    """The body, or 413 as soon as it is known to exceed `limit` (header or stream)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise RequestError(413, "payload_too_large", _too_large(int(declared), limit))
+        except ValueError:
+            raise RequestError(400, "invalid_request", "bad Content-Length header") from None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, "payload_too_large", _too_large(size, limit, more=True))
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: int, limit: int, more: bool = False) -> str:
+    return f"request body is {'over ' if more else ''}{size} bytes, over the limit of {limit}"
+
+
+def build_fastapi(server: ModelServer) -> FastAPI:
+    """The replica's ASGI app: built per replica so routes close over its config."""
+    cfg = server.cfg
+    errors = {
+        code: {"model": ErrorResponse}
+        for code in (400, 401, 413, 422) if code != 401 or cfg.get("token_sha256")
+    }  # fmt: skip
+    app = FastAPI(
+        title=f"Skeptic model {server.name}",
+        version=str(server.version),
+        description=(
+            f"Serves the registered model `{server.name}` version {server.version} "
+            f"(asked for as `{cfg['ref']}`). Input: float32 arrays of shape "
+            f"N x {' x '.join(map(str, server.input_shape))}, or base64 images."
+            + (
+                "\n\nEvery request needs `Authorization: Bearer <token>`."
+                if errors.get(401)
+                else ""
+            )
+        ),
+        docs_url=None,  # served below, so that the token check and the route prefix apply
+        redoc_url=None,
+        openapi_url=None,
+    )
+
+    def error(status: int, code: str, detail: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse({"error": code, "detail": detail}, status, headers=headers)
+
+    @app.exception_handler(RequestError)
+    async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
+        return error(exc.status, exc.code, exc.detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error(422, "invalid_request", str(jsonable_encoder(exc.errors()))[:2000])
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error in %s", server.name)
+        return error(500, "internal_error", f"{type(exc).__name__}: the server failed")
+
+    digest = cfg.get("token_sha256")
+    if digest:
+        app.add_middleware(TokenAuth, digest=digest)
+
+    @app.post(
+        "/predict",
+        response_model=PredictResponse,
+        responses=errors,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+            }
+        },
+        summary="top-k labels for a batch of inputs or images",
+    )
+    async def predict(request: Request) -> JSONResponse:
+        body = await _read_limited(request, cfg["max_payload_bytes"])
+        req = parse_body(body)
+        batch = to_batch(
+            req,
+            server.input_shape,
+            max_items=cfg["max_batch_items"],
+            max_image_pixels=cfg["max_image_pixels"],
+            dtype=server.input_dtype,
+        )
+        probs = await server.infer(batch)
+        k = req.k if "k" in req.model_fields_set else cfg["default_k"]
+        return JSONResponse(
+            {
+                "model": server.name,
+                "version": server.version,
+                "predictions": top_k(probs, server.class_names, k),
+            }
+        )
+
+    @app.get("/healthz", summary="200 when the model is loaded", responses=errors)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "model": server.name, "version": server.version}
+
+    @app.get("/metadata", summary="the served model version and its facts", responses=errors)
+    async def metadata() -> dict[str, Any]:
+        return server.metadata()
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title=app.title)
+
+    return app
+
+
+class TokenAuth:
+    """ASGI middleware: 401 unless `Authorization: Bearer <token>` matches (constant time).
+    Runs before routing and before the body is read, on every route."""
+
+    def __init__(self, app: Any, digest: str) -> None:
+        self.app, self.digest = app, digest
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            auth = None
+            for key, value in scope.get("headers") or ():
+                if key == b"authorization":
+                    auth = value.decode("latin-1")
+                    break
+            if not token_ok(auth, self.digest):
+                detail = "missing API token" if not auth else "wrong API token"
+                response = JSONResponse(
+                    {
+                        "error": "unauthorized",
+                        "detail": f"{detail}: send Authorization: Bearer <token>",
+                    },
+                    401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+# The deployment: ingress without a fixed app (routes are built per replica).
+ModelServerDeployment = serve.deployment(name=DEPLOYMENT)(serve.ingress()(ModelServer))
+
+
+def replica_config(args: ServeArgs) -> dict[str, Any]:
+    """Resolve the model (fails here, before any replica starts) and freeze what replicas need."""
+    uri = tracking_uri_or_default(args.tracking_uri)
+    resolved = resolve(parse_model_ref(args.model), uri)
+    check_safe_format(resolved, uri)
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    actor = dict(args.ray_actor_options or {"num_cpus": 1})
+    return {
+        "name": resolved.name,
+        "version": resolved.version,
+        "ref": resolved.ref,
+        "alias": resolved.alias,
+        "tags": resolved.tags,
+        "tracking_uri": uri,
+        "batching": args.batching,
+        "max_batch_size": args.max_batch_size,
+        "batch_wait_timeout_s": args.batch_wait_timeout_s,
+        "max_payload_bytes": args.max_payload_bytes,
+        "max_batch_items": args.max_batch_items,
+        "max_image_pixels": args.max_image_pixels,
+        "default_k": args.default_k,
+        "num_gpus": actor.get("num_gpus", 0),
+        "token_sha256": args.token_sha256 or (token_digest(token) if token else None),
+    }
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """Serve's application builder: validate `args`, pin the model version, bind."""
+    try:
+        parsed = ServeArgs.model_validate(dict(args or {}))
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'args'}: {e['msg']}" for e in err.errors()
+        )
+        raise ValueError(f"bad serving.app args: {problems}") from None
+    try:
+        cfg = replica_config(parsed)
+    except ModelRefError as err:
+        raise ValueError(str(err)) from None
+    options: dict[str, Any] = {
+        "ray_actor_options": dict(parsed.ray_actor_options or {"num_cpus": 1}),
+        # A batch can only be as large as the requests a replica may hold at once.
+        "max_ongoing_requests": parsed.max_ongoing_requests or max(64, 2 * parsed.max_batch_size),
+        "logging_config": {"enable_access_log": parsed.access_log},
+    }
+    if parsed.autoscaling_config is not None:
+        options["autoscaling_config"] = parsed.autoscaling_config
+    elif parsed.num_replicas is not None:
+        options["num_replicas"] = parsed.num_replicas
+    # A roll-over (new version) starts one replica of the new version before it stops one
+    # of the old, so capacity never drops to zero (Serve's default is stop, then start).
+    base = parsed.num_replicas or (parsed.autoscaling_config or {}).get("min_replicas") or 1
+    surge = parsed.max_surge_percent
+    options["max_surge_percent"] = surge if surge is not None else -(-100 // max(1, base))
+    return ModelServerDeployment.options(**options).bind(cfg)
