@@ -273,6 +273,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _check_flags(args)
     from serving.control import ServeControlError
 
+    joined_here = not ("ray" in sys.modules and sys.modules["ray"].is_initialized())
     try:
         if args.list:
             return _serve_list(args)
@@ -284,7 +285,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ServeControlError as err:
         return _fail(str(err))
     finally:
-        _disconnect()
+        if joined_here:  # a caller's own Ray session (a notebook, the tests) is left alone
+            _disconnect()
 
 
 def _disconnect() -> None:

@@ -122,7 +122,12 @@ class FinalizeChildRuns(Callback):
 
 def close_sweep(client: MlflowClient, experiment_id: str, parent_run_id: str, status: str) -> None:
     """End the parent run; if the sweep did not finish, end its still-running children as
-    KILLED too, so the dashboard never shows runs that nothing is running."""
+    KILLED too, so the dashboard never shows runs that nothing is running.
+
+    The parent is ended first: a trial starting at this moment checks it after opening its
+    run (see `trial.run_trial`), so either this search finds that run or the trial sees the
+    ended parent and closes the run itself."""
+    client.set_terminated(parent_run_id, status)
     if status != "FINISHED":
         running = client.search_runs(
             [experiment_id],
@@ -131,7 +136,6 @@ def close_sweep(client: MlflowClient, experiment_id: str, parent_run_id: str, st
         for run in running:
             client.set_tag(run.info.run_id, "skeptic.outcome", "interrupted")
             client.set_terminated(run.info.run_id, "KILLED")
-    client.set_terminated(parent_run_id, status)
 
 
 def set_active_uri(uri: str) -> None:

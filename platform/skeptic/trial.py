@@ -169,6 +169,11 @@ def run_trial(config: dict, data: dict, setup: TrialSetup) -> None:
     run_id = _child_run(client, setup, trial_id, study.run_name(logged, setup.swept))
     if run_id is None:
         return  # finished before the driver died: never train it twice
+    if client.get_run(setup.parent_run_id).info.status != "RUNNING":
+        # The sweep was stopped while this trial was starting: see tracking.close_sweep.
+        client.set_tag(run_id, "skeptic.outcome", "interrupted")
+        client.set_terminated(run_id, "KILLED")
+        return
     start_epoch, state = _restore()
     if start_epoch == 0:
         client.log_batch(
