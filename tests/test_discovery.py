@@ -66,3 +66,24 @@ def test_stdlib_platform_is_not_shadowed():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "Linux"
+
+
+def test_a_broken_study_module_does_not_hide_the_others(tmp_path, monkeypatch, capsys) -> None:
+    from skeptic import study as registry
+    from skeptic.cli import main
+
+    package = tmp_path / "broken_studies_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "bad.py").write_text("import no_such_module_anywhere\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("SKEPTIC_STUDY_PACKAGES", "jobs,broken_studies_pkg")
+    monkeypatch.setattr(registry, "BROKEN", {})
+    assert "large_batch" in registry.all_studies()
+    assert main(["studies"]) == 1
+    captured = capsys.readouterr()
+    assert "large_batch" in captured.out
+    assert "broken_studies_pkg.bad failed to import" in captured.err
+    assert "no_such_module_anywhere" in captured.err
+    with pytest.raises(registry.UnknownStudy, match="no_such_module_anywhere"):
+        registry.get_study("bad")

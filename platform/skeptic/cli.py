@@ -27,11 +27,13 @@ EXIT_BAD_INPUT = 2
 
 
 def _cmd_studies(args: argparse.Namespace) -> int:
-    from skeptic.study import all_studies
+    from skeptic.study import BROKEN, all_studies
 
     for name, cls in all_studies().items():
         print(f"{name}\n  belief: {cls.belief}\n  paper:  {cls.paper}")
-    return 0
+    for module, why in BROKEN.items():
+        print(f"error: study module {module} failed to import: {why}", file=sys.stderr)
+    return 1 if BROKEN else 0
 
 
 def _load(args: argparse.Namespace) -> tuple:
@@ -78,7 +80,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_resume(args: argparse.Namespace) -> int:
     from skeptic.runner import resume_sweep
 
-    outcome = resume_sweep(args.sweep_id, storage=args.storage, address=args.address, verbose=args.verbose)
+    outcome = resume_sweep(
+        args.sweep_id, storage=args.storage, address=args.address, verbose=args.verbose
+    )
     _print_outcome(outcome)
     return 0
 
@@ -90,8 +94,13 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     _, spec = _load(args)
     uri = resolve_tracking_uri(args.tracking_uri)
     if not uri.startswith(("http://", "https://")):
-        print(f"warning: tracking URI {uri} is local to each machine; use an MLflow server", file=sys.stderr)
-    job_id = cluster.submit(spec, address=args.address, tracking_uri=uri, storage=args.storage, verbose=args.verbose)
+        print(
+            f"warning: tracking URI {uri} is local to each machine; use an MLflow server",
+            file=sys.stderr,
+        )
+    job_id = cluster.submit(
+        spec, address=args.address, tracking_uri=uri, storage=args.storage, verbose=args.verbose
+    )
     print(f"submitted job {job_id} to {cluster.cluster_address(args.address)}")
     print(f"follow it:  skeptic logs {job_id} --follow")
     print(f"runs:       {uri}  (experiment {spec.study})")
@@ -103,7 +112,9 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
 
     for job in cluster.list_jobs(args.address):
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime((job.start_time or 0) / 1000))
-        print(f"{job.submission_id or job.job_id}  {str(job.status).rsplit('.', 1)[-1]:9}  {started}  {job.entrypoint}")
+        print(
+            f"{job.submission_id or job.job_id}  {str(job.status).rsplit('.', 1)[-1]:9}  {started}  {job.entrypoint}"
+        )
     return 0
 
 
@@ -111,7 +122,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from skeptic import cluster
 
     info = cluster.job_status(args.address, args.job_id)
-    print(f"{args.job_id}: {str(info.status).rsplit('.', 1)[-1]}" + (f" ({info.message})" if info.message else ""))
+    print(
+        f"{args.job_id}: {str(info.status).rsplit('.', 1)[-1]}"
+        + (f" ({info.message})" if info.message else "")
+    )
     return 0
 
 
@@ -139,7 +153,9 @@ def _cmd_mlflow_server(args: argparse.Namespace) -> int:
         "--serve-artifacts", "--host", args.host, "--port", str(args.port), "--workers", "1",
     ]  # fmt: skip
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    print(f"MLflow tracking server on http://{args.host}:{args.port} (store {args.backend_store_uri})")
+    print(
+        f"MLflow tracking server on http://{args.host}:{args.port} (store {args.backend_store_uri})"
+    )
     print(f"log to it with: --tracking-uri http://{args.host}:{args.port}")
     return subprocess.call(cmd, env=env)
 
@@ -165,12 +181,16 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
         help="override one spec value, e.g. --set sweep.seeds=3 --set train.epochs=5",
     )  # fmt: skip
     p.add_argument("--smoke", action="store_true", help="tiny sweep (a minute or two on 2 cores)")
-    p.add_argument("--storage", help="where Tune keeps results and checkpoints (default ./skeptic-runs)")
+    p.add_argument(
+        "--storage", help="where Tune keeps results and checkpoints (default ./skeptic-runs)"
+    )
     p.add_argument("--verbose", action="store_true", help="show Tune's own progress table")
 
 
 def _add_job_args(p: argparse.ArgumentParser, job: bool = True) -> None:
-    p.add_argument("--address", help="Ray dashboard address, http://HEAD:8265 (default $RAY_ADDRESS)")
+    p.add_argument(
+        "--address", help="Ray dashboard address, http://HEAD:8265 (default $RAY_ADDRESS)"
+    )
     if job:
         p.add_argument("job_id", help="the job's submission id (see `skeptic jobs`)")
 
@@ -198,8 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sweep a study. Spec = study defaults <- --smoke <- --spec FILE <- --set.",
     )
     _add_spec_args(p)
-    p.add_argument("--dry-run", action="store_true", help="validate and print the trials; start nothing")
-    p.add_argument("--address", help="Ray cluster to run on, e.g. ray://HEAD:10001 or auto (default: in-process)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="validate and print the trials; start nothing"
+    )
+    p.add_argument(
+        "--address",
+        help="Ray cluster to run on, e.g. ray://HEAD:10001 or auto (default: in-process)",
+    )
     _add_tracking(p)
     p.set_defaults(func=_cmd_run)
 

@@ -31,7 +31,9 @@ def cluster_address(address: str | None) -> str:
     """--address, else RAY_ADDRESS, as Ray's own CLI does."""
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
-        raise SpecError("--address: give the cluster's dashboard address (http://HEAD:8265) or set RAY_ADDRESS")
+        raise SpecError(
+            "--address: give the cluster's dashboard address (http://HEAD:8265) or set RAY_ADDRESS"
+        )
     return address
 
 
@@ -54,7 +56,9 @@ def check_tracking_server(uri: str) -> None:
             if answer.status == 200:
                 return
     except (urllib.error.URLError, OSError) as err:
-        raise SpecError(f"--tracking-uri: the MLflow server at {uri} is unreachable: {err}") from None
+        raise SpecError(
+            f"--tracking-uri: the MLflow server at {uri} is unreachable: {err}"
+        ) from None
     raise SpecError(f"--tracking-uri: the MLflow server at {uri} is not healthy")
 
 

@@ -50,7 +50,11 @@ class Progress(Callback):
         running = sum(t.status == "RUNNING" for t in trials)
         pending = self.total - done - failed - running
         elapsed = time.monotonic() - self.start
-        partial = sum(v for k, v in self.progress.items() if any(t.trial_id == k and t.status == "RUNNING" for t in trials))
+        partial = sum(
+            v
+            for k, v in self.progress.items()
+            if any(t.trial_id == k and t.status == "RUNNING" for t in trials)
+        )
         fraction = (done + failed + partial) / max(self.total, 1)
         eta = _clock(elapsed / fraction - elapsed) if fraction > 0.02 else "?"
         best = f"{self.best:.4f} ({self.best_trial})" if self.best is not None else "-"
@@ -66,7 +70,9 @@ class Progress(Callback):
             return
         self.last_print = now
         end = "\r" if self.tty and not force else "\n"
-        print(self._line(trials).ljust(100 if self.tty else 0), end=end, file=sys.stderr, flush=True)
+        print(
+            self._line(trials).ljust(100 if self.tty else 0), end=end, file=sys.stderr, flush=True
+        )
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         value = result.get(self.metric)

@@ -45,7 +45,9 @@ def register_champion(
     with tempfile.TemporaryDirectory() as tmp:
         weights, config_file = Path(tmp) / "weights.safetensors", Path(tmp) / "config.json"
         save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(weights))
-        config_file.write_text(json.dumps({"study": study.name, "model_config": config}, default=str))
+        config_file.write_text(
+            json.dumps({"study": study.name, "model_config": config}, default=str)
+        )
         with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
             # predict() is deliberately untyped (the signature below is the schema).
             warnings.filterwarnings("ignore", message=".*type hint", category=UserWarning)

@@ -33,6 +33,7 @@ from skeptic.progress import Progress
 from skeptic.registry import register_champion
 from skeptic.report import write_report
 from skeptic.spec import Dim, Spec, SpecError, count_trials, grid_points, validate_spec
+from skeptic.stages import StageResults, StageSetup, check_stage_fields, code_hash, run_stages
 from skeptic.study import Study, SweepFailed, TrialResult, Verdict, get_study
 from skeptic.trial import STATE_FILE, TrialSetup, run_trial
 
@@ -129,7 +130,9 @@ def check_gpu_request(spec: Spec, address: str | None) -> None:
         available = torch.cuda.device_count()
         where = "this machine"
     if available <= 0:
-        raise SpecError(f"resources.gpu: {spec.resources.gpu} GPU per trial requested, but {where} has no GPU; set resources.gpu=0")
+        raise SpecError(
+            f"resources.gpu: {spec.resources.gpu} GPU per trial requested, but {where} has no GPU; set resources.gpu=0"
+        )
 
 
 # ---- data ----------------------------------------------------------------------
@@ -153,11 +156,15 @@ def data_hash(data: dict[str, Any]) -> str:
 def _scheduler(spec: Spec, study: Study) -> Any:
     cfg = spec.sweep.scheduler
     if cfg.kind == "asha":
-        return ASHAScheduler(grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor, max_t=10_000)
+        return ASHAScheduler(
+            grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor, max_t=10_000
+        )
     if cfg.kind == "pbt":
         mutations = {k: _tune_dim(d) for k, d in random_dims(spec).items()}
         if not mutations:
-            raise SpecError("sweep.scheduler.kind: pbt needs at least one choice/uniform/loguniform dimension in sweep.space to mutate")
+            raise SpecError(
+                "sweep.scheduler.kind: pbt needs at least one choice/uniform/loguniform dimension in sweep.space to mutate"
+            )
         return PopulationBasedTraining(
             time_attr="training_iteration",
             perturbation_interval=cfg.perturbation_interval,
@@ -171,9 +178,15 @@ def _tuner(
     restore: bool,
 ) -> tune.Tuner:  # fmt: skip
     trainable = tune.with_parameters(run_trial, data=data_ref, setup=setup)
-    trainable = tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    trainable = tune.with_resources(
+        trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    )
     # Tune's auto loggers are off (no TensorBoard files); JSON + CSV give the ResultGrid its history.
-    callbacks = [JsonLoggerCallback(), CSVLoggerCallback(), tracking.FinalizeChildRuns(setup.tracking_uri)]
+    callbacks = [
+        JsonLoggerCallback(),
+        CSVLoggerCallback(),
+        tracking.FinalizeChildRuns(setup.tracking_uri),
+    ]
     if not verbose:
         logging.getLogger("ray.tune").setLevel(logging.WARNING)
         callbacks.append(Progress(count_trials(spec), study.metric, study.mode))
@@ -232,7 +245,11 @@ def _parse(text: str) -> Any:
 
 
 def _best(study: Study, collected: list[tuple[TrialResult, Any]]) -> tuple[TrialResult, Any] | None:
-    usable = [(t, r) for t, r in collected if t.outcome != "failed" and r.checkpoint and study.metric in t.final]
+    usable = [
+        (t, r)
+        for t, r in collected
+        if t.outcome != "failed" and r.checkpoint and study.metric in t.final
+    ]
     if not usable:
         return None
     sign = 1 if study.mode == "max" else -1
@@ -276,7 +293,9 @@ class SweepRecord:
         root = Path(storage or DEFAULT_STORAGE).resolve()
         matches = list(root.glob(f"*/{sweep_id}/{cls.FILE}"))
         if not matches:
-            raise SpecError(f"sweep {sweep_id!r}: no {cls.FILE} under {root}/<study>/ (check --storage)")
+            raise SpecError(
+                f"sweep {sweep_id!r}: no {cls.FILE} under {root}/<study>/ (check --storage)"
+            )
         return cls(**json.loads(matches[0].read_text()))
 
 
@@ -292,6 +311,7 @@ def run_sweep(
 ) -> SweepOutcome:
     """Validate resources, prepare data once, open the parent run, run every trial, judge, register."""
     check_gpu_request(spec, address)
+    check_stage_fields(study, spec)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     client = MlflowClient(uri)
     sweep_id = f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -348,14 +368,29 @@ def _execute(
         init_ray(address)
         if main_thread:  # after ray.init, which installs a SIGTERM handler of its own
             previous = signal.signal(signal.SIGTERM, terminate)
-        setup = TrialSetup(
-            spec, record.tracking_uri, record.experiment_id, record.parent_run_id, swept_names(spec)
+        data_ref = ray.put(data)
+        salt = data_hash(data)[:16] + code_hash(study)
+        stage_setup = StageSetup(
+            spec, record.tracking_uri, record.experiment_id, record.parent_run_id
         )
-        tuner = _tuner(study, spec, setup, ray.put(data), Path(record.folder), verbose, restore)
+        shared = (
+            run_stages(study, spec, stage_setup, data_ref, salt)
+            if spec.sweep.share_stages
+            else StageResults()
+        )
+        if shared.reused:
+            client.set_tag(record.parent_run_id, "skeptic.stages_reused", str(shared.reused))
+        setup = TrialSetup(
+            spec, record.tracking_uri, record.experiment_id, record.parent_run_id, swept_names(spec),
+            salt, shared,
+        )  # fmt: skip
+        tuner = _tuner(study, spec, setup, data_ref, Path(record.folder), verbose, restore)
         grid = tuner.fit()
         if _unfinished(grid):
             status = "KILLED"
-            print(f"\ninterrupted; continue with: skeptic resume {record.sweep_id}", file=sys.stderr)
+            print(
+                f"\ninterrupted; continue with: skeptic resume {record.sweep_id}", file=sys.stderr
+            )
             raise KeyboardInterrupt
         if all(r.error for r in grid):
             raise SweepFailed(f"every trial failed; first error: {grid[0].error}")

@@ -34,7 +34,9 @@ class Dim(_Strict):
 
     @model_validator(mode="after")
     def _one_kind(self) -> Dim:
-        kinds = [k for k in ("grid", "choice", "uniform", "loguniform") if getattr(self, k) is not None]
+        kinds = [
+            k for k in ("grid", "choice", "uniform", "loguniform") if getattr(self, k) is not None
+        ]
         if len(kinds) != 1:
             raise ValueError("give exactly one of grid, choice, uniform, loguniform")
         values = self.grid if self.grid is not None else self.choice
@@ -49,7 +51,9 @@ class Dim(_Strict):
 
     @property
     def kind(self) -> str:
-        return next(k for k in ("grid", "choice", "uniform", "loguniform") if getattr(self, k) is not None)
+        return next(
+            k for k in ("grid", "choice", "uniform", "loguniform") if getattr(self, k) is not None
+        )
 
 
 RULES = ("none", "linear", "sqrt")
@@ -98,6 +102,9 @@ class Sweep(_Strict):
     scheduler: Scheduler = Scheduler()
     max_concurrent_trials: int | None = Field(None, ge=1)
     max_failures: int = Field(0, ge=0)
+    # Upstream stages (a baseline, a source model) run once and are shared by the trials;
+    # false makes every trial run its own (only to measure what sharing saves).
+    share_stages: bool = True
 
 
 class Resources(_Strict):
@@ -177,7 +184,9 @@ def read_spec_file(path: str | Path) -> dict:
     except yaml.YAMLError as err:
         raise SpecError(f"--spec {path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
-        raise SpecError(f"--spec {path}: the top level must be a mapping, got {type(data).__name__}")
+        raise SpecError(
+            f"--spec {path}: the top level must be a mapping, got {type(data).__name__}"
+        )
     return data
 
 
@@ -220,7 +229,9 @@ def _section_model(loc: tuple) -> type[BaseModel] | None:
     model: type[BaseModel] = Spec
     for part in loc:
         field = model.model_fields.get(str(part))
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+        if field is None or not (
+            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        ):
             return None
         model = field.annotation
     return model
@@ -309,5 +320,7 @@ def load_spec(
     for assignment in sets:
         raw = deep_merge(raw, parse_set(assignment))
     if raw.get("study") != study_name:
-        raise SpecError(f"study: spec is for {raw.get('study')!r}, but the command runs {study_name!r}")
+        raise SpecError(
+            f"study: spec is for {raw.get('study')!r}, but the command runs {study_name!r}"
+        )
     return validate_spec(raw, params_model)

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 if TYPE_CHECKING:
     import torch
 
+    from skeptic.stages import StageContext
     from skeptic.trial import TrialContext
 
 
@@ -41,6 +42,20 @@ class TrialResult:
     @property
     def final(self) -> dict[str, float]:
         return self.history[-1] if self.history else {}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """An upstream stage: work many trials share (a trained baseline, a source model).
+
+    It runs once per distinct (values of `depends_on`, seed), before the trials, stages of
+    one kind in parallel; its result is cached in MLflow by a hash of that config, the data
+    and the study's code, so re-running or resuming the study reuses it. A trial reads
+    the results it needs from `ctx.upstream[stage.name]`.
+    """
+
+    name: str
+    depends_on: tuple[str, ...]  # the trial's parameters (Params fields) that decide the result
 
 
 @dataclass
@@ -69,6 +84,7 @@ class Study(ABC):
     smoke: ClassVar[dict] = {}  # overrides for --smoke: a tiny sweep of a minute or two
     metric: ClassVar[str] = "val_acc"  # what Tune optimises and the champion is chosen by
     mode: ClassVar[str] = "max"
+    stages: ClassVar[tuple[Stage, ...]] = ()  # upstream stages, in the order they run
 
     def prepare_data(self, spec: Any) -> dict[str, Any]:
         """Built once per sweep on the driver and shared with every trial via the object store."""
@@ -77,6 +93,11 @@ class Study(ABC):
     @abstractmethod
     def train(self, ctx: TrialContext) -> None:
         """One trial: train, calling ctx.report(metrics, state) once per epoch."""
+
+    def run_stage(self, stage: str, ctx: StageContext) -> dict[str, Any]:
+        """Run one upstream stage; return its result: tensors, numbers, strings, lists and
+        dicts of them (it is saved with torch.save and loaded with weights_only=True)."""
+        raise NotImplementedError(f"study {self.name!r} declares no stage {stage!r}")
 
     @abstractmethod
     def verdict(self, results: list[TrialResult], spec: Any) -> Verdict:
@@ -121,6 +142,7 @@ def _short(value: Any) -> str:
 
 
 _REGISTRY: dict[str, type[Study]] = {}
+BROKEN: dict[str, str] = {}  # study module -> why it failed to import
 
 
 def register_study(cls: type[Study]) -> type[Study]:
@@ -145,9 +167,18 @@ def _discover() -> None:
         except ModuleNotFoundError:
             continue
         for info in pkgutil.iter_modules(package.__path__, prefix=f"{package_name}."):
-            importlib.import_module(info.name)
+            _load(info.name, lambda name=info.name: importlib.import_module(name))
     for entry in importlib.metadata.entry_points(group="skeptic.studies"):
-        entry.load()
+        _load(entry.name, entry.load)
+
+
+def _load(name: str, load: Any) -> None:
+    # One broken study must not stop the others from running; it is named when asked for.
+    try:
+        load()
+        BROKEN.pop(name, None)
+    except Exception as err:  # noqa: BLE001  (any import error: syntax, missing module, ...)
+        BROKEN[name] = f"{type(err).__name__}: {err}"
 
 
 def all_studies() -> dict[str, type[Study]]:
@@ -160,5 +191,6 @@ def get_study(name: str) -> Study:
         _discover()
     if name not in _REGISTRY:
         known = ", ".join(sorted(_REGISTRY)) or "none found"
-        raise UnknownStudy(f"unknown study {name!r} (known studies: {known})")
+        broken = "".join(f"; {module} failed to import: {why}" for module, why in BROKEN.items())
+        raise UnknownStudy(f"unknown study {name!r} (known studies: {known}){broken}")
     return _REGISTRY[name]()

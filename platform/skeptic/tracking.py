@@ -62,7 +62,12 @@ def package_versions() -> dict[str, str]:
 
 
 def start_parent_run(
-    client: MlflowClient, experiment_id: str, sweep_id: str, spec: Spec, data_hash: str, n_trials: int
+    client: MlflowClient,
+    experiment_id: str,
+    sweep_id: str,
+    spec: Spec,
+    data_hash: str,
+    n_trials: int,
 ) -> str:
     """Create the sweep's parent run and record everything needed to reproduce it."""
     commit = _git("rev-parse", "HEAD").strip()

@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 from ray import tune
 
+from skeptic.device import autocast, pick_device, seed_everything
 from skeptic.spec import Spec, resolve_params
+from skeptic.stages import StageResults, jobs_for, upstream_for
 from skeptic.study import Study, get_study
 
 STATE_FILE = "state.pt"
@@ -37,18 +37,8 @@ class TrialSetup:
     experiment_id: str
     parent_run_id: str
     swept: list[str]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def pick_device(gpu: float) -> torch.device:
-    if gpu > 0 and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
+    stage_salt: str = ""  # data hash + study code hash: part of every stage job's key
+    stages: StageResults = field(default_factory=StageResults)
 
 
 @dataclass
@@ -65,13 +55,12 @@ class TrialContext:
     state: dict[str, Any] | None = None  # the last checkpointed state, if restored
     logged_through: int = -1  # epochs up to this one are already in the MLflow run
     bf16: bool = False
+    upstream: dict[str, Any] = field(default_factory=dict)  # stage name -> its result
     _last: float = field(default_factory=time.perf_counter)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Wrap forward passes in this: bf16 autocast on CUDA when the spec asks for it."""
-        if self.bf16 and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.device, self.bf16)
 
     def report(
         self,
@@ -176,16 +165,26 @@ def run_trial(config: dict, data: dict, setup: TrialSetup) -> None:
         return
     start_epoch, state = _restore()
     if start_epoch == 0:
+        lineage = [  # which stage runs this trial started from
+            RunTag(f"skeptic.upstream.{name}", setup.stages.runs[job.key])
+            for name, job in jobs_for(study, params, seed, setup.stage_salt).items()
+            if job.key in setup.stages.runs
+        ]
         client.log_batch(
             run_id,
             params=[Param(k, str(v)) for k, v in logged.items()],
-            tags=[RunTag("skeptic.device", str(device)), RunTag("skeptic.host", os.uname().nodename)],
+            tags=[
+                RunTag("skeptic.device", str(device)),
+                RunTag("skeptic.host", os.uname().nodename),
+                *lineage,
+            ],
         )
+    upstream = upstream_for(study, params, seed, data, setup)
     seed_everything(seed + 1000 * start_epoch)
     through = _logged_through(client, run_id)
     ctx = TrialContext(
         params, seed, device, data, client, run_id, start_epoch, state, through,
-        bf16=setup.spec.resources.bf16,
+        bf16=setup.spec.resources.bf16, upstream=upstream,
     )  # fmt: skip
     try:
         study.train(ctx)

@@ -1,0 +1,289 @@
+"""Staged sweeps: upstream work that many trials share (a trained baseline, a source model).
+
+A study declares `stages` (see `skeptic.study.Stage`). Before the trials start, the driver
+lists the distinct (stage, config, seed) jobs the sweep's trials need, finds the ones an
+earlier sweep already finished (an MLflow run tagged with the job's key) and runs the rest
+as Ray tasks, one stage after the other, the jobs of a stage in parallel. Each result is
+saved as an artifact of its own MLflow run (a child of the sweep's parent run) and handed
+to the trials through the object store as `ctx.upstream[stage_name]`.
+
+The key hashes the stage's config, the seed, the data, the study's source code and the
+upstream keys: a changed study or dataset never reuses a stale result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from mlflow.entities import Param, RunTag
+from mlflow.tracking import MlflowClient
+from pydantic import BaseModel
+
+from skeptic.device import autocast, pick_device, seed_everything
+from skeptic.spec import Spec, SpecError, grid_points, resolve_params
+from skeptic.study import Stage, Study, SweepFailed
+
+RESULT_FILE = "result.pt"
+ARTIFACT_DIR = "stage"
+
+
+@dataclass(frozen=True)
+class StageJob:
+    """One unit of upstream work: a stage for one config and seed."""
+
+    stage: str
+    config: dict[str, Any]
+    seed: int
+    key: str
+    upstream: dict[str, str]  # earlier stage name -> its job key
+
+    @property
+    def run_name(self) -> str:
+        values = "-".join(f"{k}{v}" for k, v in self.config.items())
+        return f"{self.stage}-{values}-s{self.seed}" if values else f"{self.stage}-s{self.seed}"
+
+
+@dataclass
+class StageContext:
+    """The study's handle on one stage job (what TrialContext is to a trial)."""
+
+    stage: str
+    config: dict[str, Any]  # the values of the stage's `depends_on` parameters
+    seed: int
+    device: torch.device
+    data: dict[str, Any]
+    upstream: dict[str, dict[str, Any]]  # results of earlier stages, by stage name
+    client: MlflowClient | None = None
+    run_id: str | None = None  # None when a trial runs the stage itself (share_stages=false)
+    bf16: bool = False
+    _start: float = field(default_factory=time.perf_counter)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """Log metrics (e.g. per epoch) to the stage's MLflow run."""
+        if self.client is not None and self.run_id is not None:
+            for name, value in metrics.items():
+                self.client.log_metric(self.run_id, name, float(value), step=step)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return autocast(self.device, self.bf16)
+
+
+def code_hash(study: Study) -> str:
+    """Hash of the study's source files: editing the study invalidates its cached stages."""
+    path = Path(inspect.getfile(type(study)))
+    files = sorted(path.parent.glob("*.py")) if path.name != "__init__.py" else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode() + file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _stage_config(stage: Stage, params: BaseModel) -> dict[str, Any]:
+    return {name: getattr(params, name) for name in stage.depends_on}
+
+
+def jobs_for(study: Study, params: BaseModel, seed: int, salt: str) -> dict[str, StageJob]:
+    """The stage jobs one trial needs, by stage name. `salt` = data hash + code hash."""
+    jobs: dict[str, StageJob] = {}
+    for stage in study.stages:
+        config = _stage_config(stage, params)
+        upstream = {name: job.key for name, job in jobs.items()}
+        text = json.dumps(
+            [study.name, stage.name, config, seed, salt, upstream], sort_keys=True, default=str
+        )
+        key = hashlib.sha256(text.encode()).hexdigest()[:24]
+        jobs[stage.name] = StageJob(stage.name, config, seed, key, upstream)
+    return jobs
+
+
+def check_stage_fields(study: Study, spec: Spec) -> None:
+    """Stages must be fixed before the trials are sampled: they may not depend on random dims."""
+    sampled = {k for k, d in spec.sweep.space.items() if d.kind != "grid"}
+    for stage in study.stages:
+        unknown = [f for f in stage.depends_on if f not in study.Params.model_fields]
+        if unknown:
+            raise ValueError(
+                f"study {study.name!r}: stage {stage.name!r} depends on unknown params {unknown}"
+            )
+        clash = sampled.intersection(stage.depends_on)
+        if clash:
+            raise SpecError(
+                f"sweep.space: {sorted(clash)} are sampled per trial, but stage {stage.name!r} "
+                f"depends on them; make them grid dimensions"
+            )
+
+
+def plan(study: Study, spec: Spec, salt: str) -> list[StageJob]:
+    """Every distinct stage job of the sweep, earlier stages first."""
+    seeds = [spec.sweep.base_seed + i for i in range(spec.sweep.seeds)]
+    found: dict[str, StageJob] = {}
+    for point in grid_points(spec):
+        params = resolve_params(spec, study.Params, {k: v for k, v in point.items() if k != "arm"})
+        for seed in seeds:
+            for job in jobs_for(study, params, seed, salt).values():
+                found.setdefault(job.key, job)
+    order = {stage.name: i for i, stage in enumerate(study.stages)}
+    return sorted(found.values(), key=lambda j: order[j.stage])
+
+
+# ---- running them ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageSetup:
+    """What every stage task of a sweep shares."""
+
+    spec: Spec
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+
+
+def run_job(study: Study, job: StageJob, data: dict, upstream: dict, spec: Spec,
+            client: MlflowClient | None = None, run_id: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Run one stage job in this process (a Ray task, or a trial when stages are not shared)."""
+    device = pick_device(spec.resources.gpu)
+    torch.set_num_threads(max(1, int(spec.resources.cpu)))
+    seed_everything(job.seed)
+    ctx = StageContext(
+        job.stage,
+        dict(job.config),
+        job.seed,
+        device,
+        data,
+        upstream,
+        client,
+        run_id,
+        spec.resources.bf16,
+    )
+    return study.run_stage(job.stage, ctx)
+
+
+def _stage_task(
+    job: StageJob, data: dict, upstream_refs: dict[str, Any], setup: StageSetup
+) -> dict:
+    """A Ray task: run the job inside its own MLflow run and save the result as its artifact."""
+    from skeptic.study import get_study
+
+    study = get_study(setup.spec.study)
+    client = MlflowClient(setup.tracking_uri)
+    tags = {
+        "mlflow.parentRunId": setup.parent_run_id, "skeptic.stage": job.stage,
+        "skeptic.stage_key": job.key, "skeptic.study": study.name,
+    }  # fmt: skip
+    run_id = client.create_run(setup.experiment_id, run_name=job.run_name, tags=tags).info.run_id
+    params = [Param(k, str(v)) for k, v in {**job.config, "seed": job.seed}.items()]
+    client.log_batch(
+        run_id,
+        params=params,
+        tags=[RunTag(f"skeptic.upstream.{k}", v) for k, v in job.upstream.items()],
+    )
+    upstream = {name: ray.get(ref) for name, ref in upstream_refs.items()}
+    try:
+        result = run_job(study, job, data, upstream, setup.spec, client, run_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(result, Path(tmp) / RESULT_FILE)
+            client.log_artifact(run_id, str(Path(tmp) / RESULT_FILE), ARTIFACT_DIR)
+    except BaseException as err:
+        client.set_tag(run_id, "skeptic.error", f"{type(err).__name__}: {err}"[:5000])
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_tag(run_id, "skeptic.outcome", "completed")
+    client.set_terminated(run_id, "FINISHED")
+    return result
+
+
+def _cached(client: MlflowClient, experiment_id: str, key: str) -> str | None:
+    """The run of an earlier sweep (or an earlier attempt of this one) that finished this job."""
+    runs = client.search_runs(
+        [experiment_id],
+        f"tags.`skeptic.stage_key` = '{key}' and attributes.status = 'FINISHED'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def _load(client: MlflowClient, run_id: str) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(run_id, f"{ARTIFACT_DIR}/{RESULT_FILE}", tmp)
+        return torch.load(path, weights_only=True, map_location="cpu")
+
+
+@dataclass
+class StageResults:
+    """Object-store references to every stage result, by job key, and the MLflow run of each."""
+
+    refs: dict[str, Any] = field(default_factory=dict)
+    runs: dict[str, str] = field(default_factory=dict)
+    reused: int = 0
+
+
+def run_stages(
+    study: Study, spec: Spec, setup: StageSetup, data_ref: Any, salt: str
+) -> StageResults:
+    """Run (or reuse) every stage job the sweep needs; fail the sweep if one fails."""
+    out = StageResults()
+    if not study.stages:
+        return out
+    client = MlflowClient(setup.tracking_uri)
+    task = ray.remote(_stage_task).options(
+        num_cpus=spec.resources.cpu,
+        num_gpus=spec.resources.gpu,
+        max_retries=spec.sweep.max_failures,
+    )
+    for stage in study.stages:
+        jobs = [j for j in plan(study, spec, salt) if j.stage == stage.name]
+        pending = {}
+        for job in jobs:
+            cached = _cached(client, setup.experiment_id, job.key)
+            if cached:
+                out.refs[job.key], out.runs[job.key] = ray.put(_load(client, cached)), cached
+                out.reused += 1
+                continue
+            upstream = {name: out.refs[key] for name, key in job.upstream.items()}
+            pending[task.remote(job, data_ref, upstream, setup)] = job
+        _wait(stage.name, pending, len(jobs))
+        for ref, job in pending.items():
+            out.refs[job.key] = ref
+            out.runs[job.key] = _cached(client, setup.experiment_id, job.key) or ""
+    return out
+
+
+def _wait(stage: str, pending: dict[Any, StageJob], total: int) -> None:
+    """Block until the stage's jobs finish, printing progress; the first failure fails the sweep."""
+    reused = total - len(pending)
+    print(f"stage {stage}: {total} jobs ({reused} reused from earlier runs)", flush=True)
+    waiting, done, started = list(pending), 0, time.perf_counter()
+    while waiting:
+        ready, waiting = ray.wait(waiting, num_returns=1)
+        job = pending[ready[0]]
+        try:
+            ray.get(ready[0])
+        except Exception as err:
+            raise SweepFailed(f"stage {stage} failed for {job.run_name}: {err}") from err
+        done += 1
+        elapsed = time.perf_counter() - started
+        print(f"stage {stage}: {done}/{len(pending)} trained ({elapsed:.0f}s)", flush=True)
+
+
+def upstream_for(
+    study: Study, params: BaseModel, seed: int, data: dict, setup: Any
+) -> dict[str, Any]:
+    """A trial's upstream results by stage name (`setup` is the sweep's TrialSetup)."""
+    jobs = jobs_for(study, params, seed, setup.stage_salt)
+    if setup.spec.sweep.share_stages:
+        return {name: ray.get(setup.stages.refs[job.key]) for name, job in jobs.items()}
+    results: dict[str, Any] = {}
+    for name, job in jobs.items():  # every trial retrains: the cost sharing saves
+        results[name] = run_job(study, job, data, dict(results), setup.spec)
+    return results
