@@ -15,7 +15,7 @@ loader from code + safetensors (the only format it accepts: nothing is unpickled
 every request against the model's signature, and batches requests with `@serve.batch`.
 
 Routes (under the app's route prefix): POST /predict, GET /healthz, GET /metadata,
-GET /docs, GET /openapi.json. See serving/README.md.
+GET /docs, GET /openapi.json. See "Serving models" in README.md.
 """
 
 from __future__ import annotations

@@ -30,15 +30,20 @@ def _free_port() -> int:
 
 def _kill_matching(needle: str) -> None:
     """End every process whose command line names `needle` (`ray stop` would also end the
-    test session's own in-process Ray)."""
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=False)
-    for line in out.stdout.splitlines()[1:]:
-        pid, args = line.strip().split(None, 1)
-        if needle in args and int(pid) != os.getpid():
+    test session's own in-process Ray). Repeated until none is left: a dying head can
+    still be starting workers or agents."""
+    for _ in range(30):
+        out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True, check=False)
+        pids = [int(line.split(None, 1)[0]) for line in out.stdout.splitlines()[1:] if needle in line]
+        pids = [pid for pid in pids if pid != os.getpid()]
+        if not pids:
+            return
+        for pid in pids:
             try:
-                os.kill(int(pid), signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")

@@ -274,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     from skeptic.serve_cli import add_commands as add_serve_commands
 
     add_serve_commands(sub)
+    from skeptic.quickstart import add_command as add_quickstart_command
+
+    add_quickstart_command(sub)
     return parser
 
 

@@ -33,7 +33,14 @@ from skeptic.progress import Progress
 from skeptic.registry import register_champion
 from skeptic.report import write_report
 from skeptic.spec import Dim, Spec, SpecError, count_trials, grid_points, validate_spec
-from skeptic.stages import StageResults, StageSetup, check_stage_fields, code_hash, run_stages
+from skeptic.stages import (
+    StageResults,
+    StageSetup,
+    check_stage_fields,
+    code_hash,
+    plan,
+    run_stages,
+)
 from skeptic.study import Study, SweepFailed, TrialResult, Verdict, get_study
 from skeptic.trial import STATE_FILE, TrialSetup, run_trial
 
@@ -83,6 +90,7 @@ def swept_names(spec: Spec) -> list[str]:
 
 def describe_plan(study: Study, spec: Spec) -> str:
     """What --dry-run prints: the trial count and every grid point."""
+    check_stage_fields(study, spec)
     points = grid_points(spec)
     lines = [
         (
@@ -96,6 +104,13 @@ def describe_plan(study: Study, spec: Spec) -> str:
     ]
     for name, dim in random_dims(spec).items():
         lines.append(f"sampled per trial: {name} ~ {dim.kind}{getattr(dim, dim.kind)}")
+    jobs = plan(study, spec, salt="")
+    for stage in study.stages:
+        count = sum(j.stage == stage.name for j in jobs)
+        how = "shared by the trials" if spec.sweep.share_stages else "re-run inside every trial"
+        lines.append(
+            f"stage {stage.name}: {count} jobs (by {', '.join(stage.depends_on)} x seed), {how}"
+        )
     for i, point in enumerate(points):
         lines.append(f"  [{i}] {json.dumps(point, default=str)}")
     return "\n".join(lines)
