@@ -1,0 +1,3 @@
+"""Study `metaformer` (Yu et al. 2022, PoolFormer): registered on import."""
+
+from jobs.metaformer import study  # noqa: F401

@@ -1,0 +1,271 @@
+"""Study `metaformer`: Yu et al. 2022, "MetaFormer Is Actually What You Need for Vision".
+
+Every model is timm's `MetaFormer` (built in `mixers.build_metaformer`): three stages, dims
+32/64/128, depths 1/2/1, on 16x16 generated shapes with a stride-2 stem (stages at 8/4/2
+pixels, so `pool(x) - x` is non-zero in every stage). One arm per token mixer (pooling 3/5/7,
+identity, frozen random mixing, timm's SepConv, attention, spatial MLP, the hybrid: pooling in
+the first stage, attention in the last two) and per component ablation of the pooling model
+(no residual, no channel MLP, no norm, LayerNorm / BatchNorm instead of GroupNorm(1)).
+
+Recipe shaped like the paper's, scaled to 2 CPU cores: AdamW (weight decay 0.05), lr given
+for batch 1024 and scaled linearly to the trial's batch by the spec's `derive`, linear warmup
+then cosine (per step), label smoothing 0.1; augmentation (flips + shifts, or those plus timm
+Mixup/CutMix as in the paper) only when the spec asks for it. Params and MACs are measured per
+model with torch.utils.flop_counter (MACs = FLOPs / 2).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from timm.models.metaformer import Attention
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from jobs.metaformer.mixers import ABLATIONS, MIXERS, build_metaformer
+from jobs.metaformer.verdict import judge
+from skeptic.data import load_dataset
+from skeptic.study import Study, TrialResult, Verdict, register_study
+from skeptic.trial import TrialContext
+
+Mixer = Literal[MIXERS]  # type: ignore[valid-type]
+Ablation = Literal[ABLATIONS]  # type: ignore[valid-type]
+
+# One arm per mixer at the swept lr values; pool 5/7 and the ablations (paper Table 5 rows)
+# pin the lr so the sweep stays within ~15 minutes on 2 cores (arm values win over the grid).
+MIXER_ARMS = ("pool3", "identity", "random", "sepconv", "attention", "spatial_mlp", "hybrid")
+PINNED_ARMS = {
+    "pool5": {"mixer": "pool5"},
+    "pool7": {"mixer": "pool7"},
+    **{f"pool3-{a}": {"mixer": "pool3", "ablation": a} for a in ABLATIONS if a != "none"},
+}
+# lr for batch 1024 (0.001 at batch 64): pool3 and attention did best at it in a pilot.
+BASE_LR = 0.016
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mixer: Mixer = "pool3"
+    ablation: Ablation = "none"
+    lr: float = Field(BASE_LR, gt=0, description="AdamW lr (the spec scales it by batch/1024)")
+    batch_size: int = Field(64, ge=2)
+    epochs: int = Field(6, ge=1)
+    warmup_epochs: float = Field(0.5, ge=0)
+    weight_decay: float = Field(0.05, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    augment: Literal["none", "light", "heavy"] = "none"  # heavy: + Mixup 0.8 / CutMix 1.0
+    dims: list[int] = Field([32, 64, 128], min_length=2)
+    depths: list[int] = Field([1, 2, 1], min_length=2)
+    layer_scale: float | None = Field(None, gt=0, description="timm layer scale; None = off")
+
+
+def model_config_for(p: Params, image_size: int, names: list[str]) -> dict[str, Any]:
+    return {
+        "mixer": p.mixer, "ablation": p.ablation, "dims": list(p.dims), "depths": list(p.depths),
+        "image_size": image_size, "num_classes": len(names), "class_names": list(names),
+        "layer_scale": p.layer_scale,
+    }  # fmt: skip
+
+
+def build(config: dict[str, Any]) -> nn.Module:
+    return build_metaformer(
+        config["mixer"], config["ablation"], tuple(config["dims"]), tuple(config["depths"]),
+        config["image_size"], config["num_classes"], config["layer_scale"],
+    )  # fmt: skip
+
+
+def count_macs(model: nn.Module, image_size: int) -> int:
+    """MACs of one 3 x image_size x image_size image (FLOPs / 2 from FlopCounterMode).
+
+    Fused attention is switched off while counting: FlopCounterMode has no formula for the
+    CPU scaled-dot-product kernel and would leave out q @ k^T and attn @ v."""
+    fused = [(m, m.fused_attn) for m in model.modules() if isinstance(m, Attention)]
+    for m, _ in fused:
+        m.fused_attn = False
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device))
+    finally:
+        for m, flag in fused:
+            m.fused_attn = flag
+        model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def make_scheduler(opt: torch.optim.Optimizer, p: Params, steps_per_epoch: int) -> Any:
+    """Per-step linear warmup then cosine to zero (torch's own schedulers)."""
+    total = p.epochs * steps_per_epoch
+    warm = min(total - 1, round(p.warmup_epochs * steps_per_epoch))
+    sched = torch.optim.lr_scheduler
+    cosine = sched.CosineAnnealingLR(opt, T_max=max(1, total - warm))
+    if warm <= 0:
+        return cosine
+    warmup = sched.LinearLR(opt, start_factor=0.01, total_iters=warm)
+    return sched.SequentialLR(opt, [warmup, cosine], milestones=[warm])
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Light augmentation: random horizontal flips and a random shift of up to 2 pixels."""
+    flip = torch.rand(len(x), generator=gen) < 0.5
+    x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
+    dy, dx = torch.randint(-2, 3, (2,), generator=gen).tolist()
+    padded = nn.functional.pad(x, (2, 2, 2, 2), mode="replicate")
+    size = x.shape[-1]
+    return padded[..., 2 + dy : 2 + dy + size, 2 + dx : 2 + dx + size]
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, float]:
+    """Validation loss, accuracy, and inference images/s."""
+    model.eval()
+    start = time.perf_counter()
+    with torch.no_grad():
+        logits = torch.cat([model(xb) for xb in x.split(512)])
+    rate = len(x) / (time.perf_counter() - start)
+    model.train()
+    loss = nn.functional.cross_entropy(logits, y).item()
+    return loss, (logits.argmax(1) == y).float().mean().item(), rate
+
+
+@register_study
+class MetaFormerStudy(Study):
+    name = "metaformer"
+    belief = "Attention is what makes Transformers work in vision."
+    paper = (
+        "Yu, Luo, Zhou, Si, Zhou, Wang, Feng & Yan 2022, 'MetaFormer Is Actually What You "
+        "Need for Vision' (CVPR)"
+    )
+    Params = Params
+    defaults: ClassVar[dict] = {
+        "data": {"name": "shapes", "size": 3600, "image_size": 16, "val_fraction": 0.25},
+        "resources": {"cpu": 1},
+        "train": {"batch_size": 64, "epochs": 6},
+        "sweep": {
+            "space": {"lr": {"grid": [BASE_LR, 2 * BASE_LR]}},
+            "arms": {
+                **{m: {"mixer": m} for m in MIXER_ARMS},
+                **{k: {**v, "lr": BASE_LR} for k, v in PINNED_ARMS.items()},
+            },
+            "derive": {"lr": {"source": "batch_size", "reference": 1024, "rule": "linear"}},
+            "seeds": 3,
+            "max_concurrent_trials": 2,
+        },
+    }
+    smoke: ClassVar[dict] = {
+        "data": {"size": 400, "val_fraction": 0.25},
+        "train": {"epochs": 1, "batch_size": 32, "dims": [16, 32, 48], "depths": [1, 1, 1]},
+        "sweep": {
+            "space": {"lr": {"grid": [BASE_LR]}},
+            "arms": {m: {"mixer": m} for m in ("pool3", "identity", "attention")},
+            "seeds": 1,
+        },
+    }
+
+    def run_name(self, params: dict[str, Any], swept: list[str]) -> str:
+        """e.g. `pool3-no_mlp-lr0.002-s1`."""
+        return f"{params.get('arm', params['mixer'])}-lr{params['lr']:.3g}-s{params['seed']}"
+
+    def prepare_data(self, spec: Any) -> dict[str, Any]:
+        d = spec.data
+        ds = load_dataset(
+            d.name, d.size, d.val_fraction, seed=d.seed, domain=d.domain, path=d.path,
+            image_size=d.image_size,
+        )  # fmt: skip
+        return {
+            "x_train": ds.x_train, "y_train": ds.y_train,
+            "x_val": ds.x_val, "y_val": ds.y_val, "classes": list(ds.classes),
+        }  # fmt: skip
+
+    def train(self, ctx: TrialContext) -> None:
+        p: Params = ctx.params
+        data, dev = ctx.data, ctx.device
+        x, y = (torch.tensor(data[k], device=dev) for k in ("x_train", "y_train"))
+        xv, yv = (torch.tensor(data[k], device=dev) for k in ("x_val", "y_val"))
+        config = model_config_for(p, x.shape[-1], data["classes"])
+        model = build(config).to(dev)
+        size = {"params": count_params(model), "macs": count_macs(model, x.shape[-1])}
+        config.update(size)
+        steps = len(x) // p.batch_size  # drop_last: Mixup needs an even, full batch
+        opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+        sched = make_scheduler(opt, p, steps)
+        if ctx.state:
+            model.load_state_dict(ctx.state["model"])
+            opt.load_state_dict(ctx.state["optimizer"])
+            sched.load_state_dict(ctx.state["scheduler"])
+        for epoch in range(ctx.start_epoch, p.epochs):
+            # the order depends on (seed, epoch) only, so a resumed trial replays it exactly
+            gen = torch.Generator().manual_seed(ctx.seed * 100_003 + epoch)
+            start = time.perf_counter()
+            with ctx.autocast():
+                train_loss, train_acc = self._epoch(model, opt, sched, x, y, p, gen)
+            train_rate = steps * p.batch_size / (time.perf_counter() - start)
+            with ctx.autocast():
+                val_loss, val_acc, eval_rate = evaluate(model, xv, yv)
+            metrics = {
+                "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+                "val_acc": val_acc, "lr": opt.param_groups[0]["lr"],
+                "train_images_per_s": train_rate, "eval_images_per_s": eval_rate, **size,
+            }  # fmt: skip
+            state = {
+                "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "model_config": config,
+            }  # fmt: skip
+            ctx.report(metrics, state, samples=len(x), progress=(epoch + 1) / p.epochs)
+
+    @staticmethod
+    def _epoch(model, opt, sched, x, y, p: Params, gen: torch.Generator) -> tuple[float, float]:
+        classes = int(y.max().item()) + 1
+        mixup = None
+        if p.augment == "heavy":  # the paper's Mixup/CutMix; it also smooths the labels
+            mixup = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=p.label_smoothing,
+                          num_classes=classes)  # fmt: skip
+        loss_fn = SoftTargetCrossEntropy() if mixup else nn.CrossEntropyLoss(
+            label_smoothing=p.label_smoothing
+        )  # fmt: skip
+        order = torch.randperm(len(x), generator=gen).to(x.device)
+        loss_sum = correct = seen = 0.0
+        for idx in order.split(p.batch_size):
+            if len(idx) < p.batch_size:
+                break
+            xb, yb = x[idx], y[idx]
+            if p.augment != "none":
+                xb = _augment(xb, gen)
+            inputs, targets = mixup(xb, yb) if mixup else (xb, yb)
+            logits = model(inputs)
+            loss = loss_fn(logits, targets)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += loss.item() * len(idx)
+            correct += (logits.argmax(1) == yb).sum().item()
+            seen += len(idx)
+        return loss_sum / seen, correct / seen
+
+    # --- the registered model ---
+
+    def build_model(self, config: dict[str, Any]) -> nn.Module:
+        return build(config)
+
+    def model_input_example(self, config: dict[str, Any]) -> np.ndarray:
+        return np.zeros((2, 3, config["image_size"], config["image_size"]), dtype=np.float32)
+
+    def model_metadata(self, config: dict[str, Any]) -> dict[str, Any]:
+        keys = ("mixer", "ablation", "macs", "params", "dims", "depths", "class_names")
+        shape = [3, config["image_size"], config["image_size"]]
+        return {**{k: config[k] for k in keys}, "input_shape": shape}
+
+    def verdict(self, results: list[TrialResult], spec: Any) -> Verdict:
+        return judge(results, self.metric)
