@@ -263,7 +263,10 @@ def _best(study: Study, collected: list[tuple[TrialResult, Any]]) -> tuple[Trial
     usable = [
         (t, r)
         for t, r in collected
-        if t.outcome != "failed" and r.checkpoint and study.metric in t.final
+        if t.outcome != "failed"
+        and r.checkpoint
+        and study.metric in t.final
+        and study.champion_eligible(t)
     ]
     if not usable:
         return None

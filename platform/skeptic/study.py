@@ -134,6 +134,11 @@ class Study(ABC):
         """Extra facts stored with the registered model (class names, input shape, ...)."""
         return {}
 
+    def champion_eligible(self, trial: TrialResult) -> bool:
+        """Whether this trial's model may be registered as the champion (e.g. only models
+        that are really smaller); the best eligible trial by `metric` is."""
+        return True
+
 
 def _short(value: Any) -> str:
     if isinstance(value, float):

@@ -1,0 +1,345 @@
+"""Study `pruning`: Liu et al. 2019, "Rethinking the Value of Network Pruning".
+
+Protocol. A baseline VGG-style CNN is trained once per (config, seed) as the sweep's
+`baseline` stage (SGD momentum 0.9, wd 1e-4, lr 0.1 divided by 10 at 50% and 75% of the
+epochs). Every trial then starts from that stage's result (initial + trained weights):
+- structured L1 filter pruning (torch-pruning) at `ratio`, then `fine_tuned` (inherited
+  weights, `finetune_epochs` at lr 1e-3), `scratch_e` (pruned architecture, random init,
+  the baseline's epochs) or `scratch_b` (epochs x measured FLOPs_full / FLOPs_pruned,
+  capped at `scratch_b_cap` x, the same decay points);
+- unstructured global magnitude pruning at `ratio`, retrained with the mask kept:
+  `ticket` (the baseline's original init) or `random` (a fresh init), at `retrain_lr`.
+
+Scale. Default: generated `shapes` 16x16 in the `noisy` domain (2000 images, 1600 train,
+400 val), width-16 VGG (73K params, 4.9 MFLOPs/image), 6 baseline epochs, 4 ratios x 7 arms
+x 3 seeds = 84 trials + 3 shared baselines: 14-19 minutes wall on 2 cores shared with
+other work (load 8). The paper fine-tunes 40 epochs after 160 (25%); here 25% of 6 epochs
+is about 50 SGD steps at lr 1e-3, which starves the arm (a first run with 2 fine-tune
+epochs had fine-tuned far below both scratch arms), so the small run fine-tunes for as
+many epochs as the baseline: the benefit of the doubt goes to the belief. Scratch-B's cap
+of 2x binds at every ratio (measured FLOPs ratios 2.1x to 103x), so it gets 12 epochs.
+
+Is it enough? It is enough to compare the arms against each other within the seed spread
+(3 seeds; the verdict's question), not to reproduce the CIFAR-10 numbers: every arm is
+short of convergence, where a longer budget (Scratch-B) counts for more than at 160
+epochs, and 400 validation images resolve about 0.25 pp. The paper's setting (VGG-16 on
+CIFAR-10, 160 epochs, 5 seeds) is the ImageFolder path on a real cluster:
+`--set data.name=imagefolder --set data.path=... --set data.image_size=32
+--set train.width=64 --set train.epochs=160 --set train.finetune_epochs=40 --set sweep.seeds=5`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from jobs.pruning import models
+from jobs.pruning.prune import (
+    apply_masks,
+    bake,
+    count_flops,
+    count_params,
+    global_magnitude_masks,
+    scratch_b_epochs,
+    sparsity,
+    structured_prune,
+)
+from jobs.pruning.verdict import judge
+from skeptic.data import load_dataset
+from skeptic.stages import StageContext
+from skeptic.study import Stage, Study, TrialResult, Verdict, register_study
+from skeptic.trial import TrialContext
+
+LR_DROPS = (0.5, 0.75)  # lr /= 10 at these fractions of training (the paper's schedule)
+RESEED = 10_007  # offset for "random init" arms, so they never replay the baseline's init
+
+ARMS: dict[str, dict[str, Any]] = {
+    "fine_tuned": {"method": "fine_tuned"},
+    "scratch_e": {"method": "scratch_e"},
+    "scratch_b": {"method": "scratch_b"},
+    "ticket_lr0.1": {"method": "ticket", "retrain_lr": 0.1},
+    "random_lr0.1": {"method": "random", "retrain_lr": 0.1},
+    "ticket_lr0.01": {"method": "ticket", "retrain_lr": 0.01},
+    "random_lr0.01": {"method": "random", "retrain_lr": 0.01},
+}
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["fine_tuned", "scratch_e", "scratch_b", "ticket", "random"] = "fine_tuned"
+    ratio: float = Field(0.5, gt=0, lt=1, description="fraction of filters / weights removed")
+    width: int = Field(
+        16, ge=1, description="channels of the first conv (VGG plan w,w,2w,2w,4w,4w)"
+    )
+    epochs: int = Field(6, ge=1, description="baseline epochs (= Scratch-E's)")
+    lr: float = Field(0.1, gt=0, description="baseline and Scratch-E/B learning rate")
+    batch_size: int = Field(64, ge=1)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    finetune_lr: float = Field(1e-3, gt=0)
+    finetune_epochs: int = Field(6, ge=1)
+    retrain_lr: float = Field(0.1, gt=0, description="initial lr of the unstructured arms")
+    scratch_b_cap: float = Field(2.0, ge=1, description="most epochs Scratch-B gets, x baseline")
+
+
+# The baseline depends on exactly these: every ratio and arm with the same values shares it.
+BASELINE_FIELDS = ("width", "epochs", "lr", "batch_size", "momentum", "weight_decay")
+
+
+def lr_at(lr: float, epoch: int, total: int) -> float:
+    return lr * 0.1 ** sum(epoch >= math.floor(f * total) for f in LR_DROPS)
+
+
+def train_epoch(
+    model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+    batch_size: int, gen: torch.Generator,
+) -> tuple[float, float]:  # fmt: skip
+    """One pass over (x, y) in the generator's order; returns (loss, accuracy)."""
+    model.train()
+    order = torch.randperm(len(x), generator=gen).to(x.device)
+    loss_sum = correct = 0.0
+    for idx in order.split(batch_size):
+        logits = model(x[idx])
+        loss = nn.functional.cross_entropy(logits, y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_sum += loss.item() * len(idx)
+        correct += (logits.argmax(1) == y[idx]).sum().item()
+    return loss_sum / len(x), correct / len(x)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    model.eval()
+    with torch.no_grad():
+        logits = torch.cat([model(xb) for xb in x.split(1024)])
+    return nn.functional.cross_entropy(logits, y).item(), (
+        logits.argmax(1) == y
+    ).float().mean().item()
+
+
+def tensors(data: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, ...]:
+    return tuple(
+        torch.as_tensor(data[k], device=device) for k in ("x_train", "y_train", "x_val", "y_val")
+    )
+
+
+def sgd(model: nn.Module, lr: float, p: Params) -> torch.optim.SGD:
+    return torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=p.momentum, weight_decay=p.weight_decay
+    )
+
+
+def fresh_model(config: dict[str, Any], seed: int) -> nn.Module:
+    """A randomly initialised model of `config`, its init fixed by `seed`."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return models.build(config)
+
+
+@dataclass
+class Plan:
+    """What one trial trains: its starting weights, mask, epochs and learning rate."""
+
+    config: dict[str, Any]
+    weights: dict[str, torch.Tensor]
+    epochs: int
+    lr: float
+    step_decay: bool
+    facts: dict[str, float]  # constants logged with every epoch (params, FLOPs, ...)
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def plan_trial(p: Params, baseline: dict[str, Any], seed: int) -> Plan:
+    """Turn the shared baseline into this trial's starting point (pruning happens here)."""
+    base_cfg = baseline["model_config"]
+    shape = base_cfg["input_shape"]
+    trained = models.build(base_cfg)
+    trained.load_state_dict(baseline["trained"])
+    flops_full = count_flops(trained, shape)
+    common = {"baseline_val_acc": float(baseline["val_acc"]), "flops_full": flops_full}
+    if p.method in ("ticket", "random"):
+        masks = global_magnitude_masks(trained, p.ratio)
+        config = models.model_config(base_cfg["channels"], shape, base_cfg["class_names"])
+        start = (
+            baseline["init"]
+            if p.method == "ticket"
+            else fresh_model(config, seed + RESEED).state_dict()
+        )
+        kept = int(sum(m.sum().item() for m in masks.values()))
+        facts = {
+            **common,
+            "flops": flops_full,
+            "params": count_params(trained),
+            "nonzero_weights": kept,
+        }
+        return Plan(config=config, weights=start, masks=masks, epochs=p.epochs, lr=p.retrain_lr,
+                    step_decay=True, facts=facts)  # fmt: skip
+    pruned = structured_prune(trained, shape, p.ratio)
+    flops = count_flops(pruned, shape)
+    config = models.model_config(models.channels_of(pruned), shape, base_cfg["class_names"])
+    facts = {
+        **common,
+        "flops": flops,
+        "params": count_params(pruned),
+        "flops_ratio": flops_full / flops,
+    }
+    if p.method == "fine_tuned":
+        return Plan(config=config, weights=pruned.state_dict(), epochs=p.finetune_epochs,
+                    lr=p.finetune_lr, step_decay=False, facts=facts)  # fmt: skip
+    epochs = p.epochs
+    if p.method == "scratch_b":
+        epochs = scratch_b_epochs(p.epochs, flops_full, flops, p.scratch_b_cap)
+    start = fresh_model(config, seed + RESEED).state_dict()
+    return Plan(config=config, weights=start, epochs=epochs, lr=p.lr, step_decay=True, facts=facts)
+
+
+@register_study
+class Pruning(Study):
+    name = "pruning"
+    belief = (
+        "A large model's learned weights are worth keeping after pruning: fine-tuning a pruned "
+        "model beats training the pruned architecture from scratch."
+    )
+    paper = "Liu, Sun, Zhou, Huang & Darrell 2019, 'Rethinking the Value of Network Pruning' (ICLR)"
+    Params = Params
+    stages = (Stage("baseline", BASELINE_FIELDS),)
+    defaults: ClassVar[dict] = {
+        "data": {
+            "name": "shapes",
+            "domain": "noisy",
+            "size": 2000,
+            "image_size": 16,
+            "val_fraction": 0.2,
+        },
+        "resources": {"cpu": 1},
+        "train": {"width": 16, "epochs": 6, "finetune_epochs": 6},
+        "sweep": {"space": {"ratio": {"grid": [0.3, 0.5, 0.7, 0.9]}}, "arms": ARMS, "seeds": 3},
+    }
+    smoke: ClassVar[dict] = {
+        "data": {"size": 400, "image_size": 8},
+        "train": {"width": 8, "epochs": 2, "finetune_epochs": 1},
+        "sweep": {
+            "space": {"ratio": {"grid": [0.5]}},
+            "arms": {k: ARMS[k] for k in ("fine_tuned", "scratch_b", "ticket_lr0.1")},
+            "seeds": 1,
+        },
+    }
+
+    def run_name(self, params: dict[str, Any], swept: list[str]) -> str:
+        """e.g. `scratch_b-r0.5-s1`."""
+        return f"{params.get('arm', params['method'])}-r{params['ratio']:.3g}-s{params['seed']}"
+
+    def prepare_data(self, spec: Any) -> dict[str, Any]:
+        d = spec.data
+        ds = load_dataset(
+            d.name,
+            d.size,
+            d.val_fraction,
+            seed=d.seed,
+            domain=d.domain,
+            path=d.path,
+            image_size=d.image_size,
+        )
+        return {
+            "x_train": ds.x_train, "y_train": ds.y_train,
+            "x_val": ds.x_val, "y_val": ds.y_val, "classes": list(ds.classes),
+        }  # fmt: skip
+
+    # --- the shared baseline -------------------------------------------------------------
+
+    def run_stage(self, stage: str, ctx: StageContext) -> dict[str, Any]:
+        if stage != "baseline":
+            return super().run_stage(stage, ctx)
+        p = Params(**ctx.config)
+        x, y, xv, yv = tensors(ctx.data, ctx.device)
+        config = models.model_config(
+            models.base_channels(p.width), list(x.shape[1:]), ctx.data["classes"]
+        )
+        model = fresh_model(config, ctx.seed)
+        init = {k: v.clone() for k, v in model.state_dict().items()}
+        model.to(ctx.device)
+        opt = sgd(model, p.lr, p)
+        val_acc = 0.0
+        for epoch in range(p.epochs):
+            lr = lr_at(p.lr, epoch, p.epochs)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            gen = torch.Generator().manual_seed(ctx.seed * 100_003 + epoch)
+            with ctx.autocast():
+                train_loss, train_acc = train_epoch(model, opt, x, y, p.batch_size, gen)
+                val_loss, val_acc = evaluate(model, xv, yv)
+            ctx.log({"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+                     "val_acc": val_acc, "lr": lr}, step=epoch)  # fmt: skip
+        trained = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        return {"init": init, "trained": trained, "model_config": config, "val_acc": float(val_acc)}
+
+    # --- one trial -------------------------------------------------------------------------
+
+    def train(self, ctx: TrialContext) -> None:
+        p: Params = ctx.params
+        plan = plan_trial(p, ctx.upstream["baseline"], ctx.seed)
+        x, y, xv, yv = tensors(ctx.data, ctx.device)
+        model = models.build(plan.config)
+        model.load_state_dict(ctx.state["model"] if ctx.state else plan.weights)
+        model = apply_masks(model.to(ctx.device), plan.masks)  # kept through every step
+        opt = sgd(model, plan.lr, p)
+        if ctx.state:
+            opt.load_state_dict(ctx.state["optimizer"])
+        # what the registry records; unstructured models keep dense shapes, so their count of
+        # non-zero weights is what pruning bought
+        extra = {
+            k: int(plan.facts[k]) for k in ("flops", "params", "nonzero_weights") if k in plan.facts
+        }
+        config = {**plan.config, "ratio": p.ratio, "method": p.method, **extra}
+        for epoch in range(ctx.start_epoch, plan.epochs):
+            lr = lr_at(plan.lr, epoch, plan.epochs) if plan.step_decay else plan.lr
+            for group in opt.param_groups:
+                group["lr"] = lr
+            # the order depends on (seed, epoch) only, so a resumed trial replays it exactly
+            gen = torch.Generator().manual_seed(ctx.seed * 100_003 + epoch)
+            with ctx.autocast():
+                train_loss, train_acc = train_epoch(model, opt, x, y, p.batch_size, gen)
+                val_loss, val_acc = evaluate(model, xv, yv)
+            metrics = {
+                "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+                "val_acc": val_acc, "lr": lr, "epochs_total": plan.epochs,
+                "sparsity": sparsity(model), **plan.facts,
+            }  # fmt: skip
+            state = {"model": bake(model), "optimizer": opt.state_dict(), "model_config": config}
+            ctx.report(metrics, state, samples=len(x), progress=(epoch + 1) / plan.epochs)
+
+    # --- the registered model ---------------------------------------------------------------
+
+    def build_model(self, config: dict[str, Any]) -> nn.Module:
+        return models.build(config)
+
+    def model_input_example(self, config: dict[str, Any]) -> np.ndarray:
+        return np.zeros((2, *config["input_shape"]), dtype=np.float32)
+
+    def model_metadata(self, config: dict[str, Any]) -> dict[str, Any]:
+        keys = ("input_shape", "class_names", "channels", "ratio", "method")
+        keys += ("flops", "params", "nonzero_weights")
+        return {k: config[k] for k in keys if k in config}
+
+    def champion_eligible(self, trial: TrialResult) -> bool:
+        # Only structured arms are really smaller and faster; a masked (unstructured) model
+        # keeps every layer's size, so it is never the champion of a pruning study.
+        return trial.params.get("method") in ("fine_tuned", "scratch_e", "scratch_b")
+
+    def verdict(self, results: list[TrialResult], spec: Any) -> Verdict:
+        return judge(results, self.metric, input_shape(spec))
+
+
+def input_shape(spec: Any) -> list[int]:
+    """The image shape the sweep trained on (for the verdict's latency measurements)."""
+    if spec.data.name == "digits":
+        return [1, 8, 8]
+    return [3, spec.data.image_size, spec.data.image_size]
