@@ -1,0 +1,375 @@
+"""Study `few_shot`: Lee et al. 2023, "Few-shot Fine-tuning is All You Need for Source-free
+Domain Adaptation" (daintlab/fewshot-SFDA).
+
+A source model is trained once per seed on the source domain (the staged sweep's "source"
+stage) and every trial adapts a copy of it to the target domain: either by fine-tuning on k
+labelled shots per class (FT, LP, LP-FT, BN-only, classifier+BN) or by a source-free
+unsupervised method on the unlabelled target (SHOT, AaD, TENT), under three target
+scenarios: the same label distribution, a long-tailed one (label shift), and a subset of
+the classes (partial set).
+
+Model: a small CNN (3 conv + BatchNorm blocks, global pooling, linear classifier), so TENT
+has BatchNorm to adapt, and an adaptation run takes seconds on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from jobs.few_shot import splits
+from jobs.few_shot.finetune import FT_METHODS, choose_lr, evaluate, finetune
+from jobs.few_shot.sfuda import SFUDA_METHODS, adapt
+from jobs.few_shot.verdict import judge
+from skeptic.data import CLASS_NAMES, load_domain_folder, make_shapes, stratified_split
+from skeptic.spec import grid_points
+from skeptic.study import Stage, Study, TrialResult, Verdict, register_study
+from skeptic.trial import TrialContext
+
+if TYPE_CHECKING:
+    from skeptic.stages import StageContext
+
+METHODS = (*FT_METHODS, *SFUDA_METHODS)
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["ft", "lp", "lp_ft", "bn", "cls_bn", "shot", "aad", "tent"] = "ft"
+    k: int = Field(1, ge=0, description="labelled shots per class; 0 for the SFUDA methods")
+    scenario: Literal["standard", "label_shift", "partial"] = "standard"
+    # the source model (the "source" stage depends on these)
+    source_domain: str = Field("plain", description="data: the source domain (not swept)")
+    target_domain: str = Field("dark", description="data: the target domain (not swept)")
+    width: int = Field(8, ge=1, description="channels of the first conv block")
+    source_epochs: int = Field(12, ge=1)
+    source_lr: float = Field(2e-3, gt=0)
+    # the target scenarios (data; not swept)
+    imbalance: float = Field(20.0, ge=1, description="label shift: largest / smallest class")
+    partial_keep: int = Field(5, ge=1, description="partial set: classes the target keeps")
+    # adaptation
+    steps: int = Field(100, ge=1, description="fine-tuning steps")
+    sfuda_steps: int = Field(200, ge=1, description="SFUDA steps (last step is selected)")
+    eval_every: int = Field(20, ge=1, description="steps between model-selection checks")
+    batch_size: int = Field(32, ge=2)
+    lr: float | None = Field(None, gt=0, description="None: choose from lr_grid (1-shot val)")
+    lr_grid: list[float] = Field([1e-4, 1e-3, 1e-2], min_length=1)
+
+    @model_validator(mode="after")
+    def _shots_fit_method(self) -> Params:
+        if self.method in SFUDA_METHODS and self.k != 0:
+            raise ValueError(f"{self.method} uses no target labels: set k=0 (got k={self.k})")
+        if self.method in FT_METHODS and self.k < 1:
+            raise ValueError(f"{self.method} fine-tunes on k >= 1 shots per class (got k=0)")
+        return self
+
+
+class SmallCNN(nn.Module):
+    """conv-BN-ReLU blocks (width, 2x, 4x), pooled to a feature vector, then a linear head."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int):
+        super().__init__()
+        chans = [in_channels, width, 2 * width, 4 * width]
+        layers: list[nn.Module] = []
+        for i in range(3):
+            layers += [nn.Conv2d(chans[i], chans[i + 1], 3, padding=1, bias=False)]
+            layers += [nn.BatchNorm2d(chans[i + 1]), nn.ReLU()]
+            layers.append(nn.MaxPool2d(2) if i < 2 else nn.AdaptiveAvgPool2d(1))
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        self.classifier = nn.Linear(chans[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+SOURCE_FIELDS = ("source_domain", "width", "source_epochs", "source_lr")
+FT_ARMS = {m: {"method": m} for m in FT_METHODS}
+# SFUDA arms pin k=0: arms win over the k grid, so each runs once per scenario x seed.
+SFUDA_ARMS = {m: {"method": m, "k": 0} for m in SFUDA_METHODS}
+
+
+@register_study
+class FewShot(Study):
+    name = "few_shot"
+    belief = (
+        "Without target labels, source-free unsupervised domain adaptation (SFUDA) is the "
+        "practical way to adapt a source model."
+    )
+    paper = (
+        "Lee, Lee, Kim et al. 2023, 'Few-shot Fine-tuning is All You Need for Source-free "
+        "Domain Adaptation' (daintlab/fewshot-SFDA)"
+    )
+    Params = Params
+    metric = "test_acc"  # of the selected model (lowest val loss; the last step for SFUDA)
+    stages = (
+        Stage("source", SOURCE_FIELDS),
+        # The LR is chosen on the 1-shot split, so it depends on neither k nor the shots:
+        # once per (method, scenario, seed), shared by the trials of every k.
+        Stage("lr", ("method", "scenario", "steps", "eval_every", "batch_size", "lr", "lr_grid")),
+    )
+    defaults: ClassVar[dict] = {
+        "data": {"name": "shapes", "size": 2000, "image_size": 16, "val_fraction": 0.1},
+        "resources": {"cpu": 1},
+        "train": {"source_domain": "plain", "target_domain": "dark"},
+        "sweep": {
+            "space": {
+                "k": {"grid": [1, 3, 5, 10]},
+                "scenario": {"grid": list(splits.SCENARIOS)},
+            },
+            "arms": {**FT_ARMS, **SFUDA_ARMS},
+            "seeds": 3,
+        },
+    }
+    smoke: ClassVar[dict] = {
+        "data": {"size": 400},
+        "train": {"width": 4, "source_epochs": 2, "steps": 10, "sfuda_steps": 10, "eval_every": 5},
+        "sweep": {
+            "space": {"k": {"grid": [1]}, "scenario": {"grid": ["standard"]}},
+            "arms": {"ft": FT_ARMS["ft"], "tent": SFUDA_ARMS["tent"]},
+            "seeds": 1,
+        },
+    }
+
+    def run_name(self, params: dict[str, Any], swept: list[str]) -> str:
+        """e.g. `lp_ft-k3-label_shift-s1`."""
+        return f"{params['method']}-k{params['k']}-{params['scenario']}-s{params['seed']}"
+
+    # ---- data ----
+
+    def prepare_data(self, spec: Any) -> dict[str, Any]:
+        """Source images (train/val) and, per scenario in the sweep, the target pool (80%,
+        shots and validation images come from it; SFUDA sees it unlabelled) and test (20%)."""
+        d, p = spec.data, Params(**spec.train)
+        scenarios = sorted({pt.get("scenario", p.scenario) for pt in grid_points(spec)})
+        xs, ys, classes = self._domain(spec, p.source_domain, d.seed, None, None)
+        train, val = stratified_split(ys, d.val_fraction, np.random.default_rng([d.seed, 3]))
+        data = {
+            "classes": classes, "source_domain": p.source_domain, "target_domain": p.target_domain,
+            "scenarios": scenarios, "xs_train": xs[train], "ys_train": ys[train],
+            "xs_val": xs[val], "ys_val": ys[val],
+        }  # fmt: skip
+        for scenario in scenarios:
+            priors = splits.pareto_priors(len(classes), p.imbalance)
+            keep = splits.partial_classes(len(classes), p.partial_keep)
+            x, y, _ = self._domain(
+                spec, p.target_domain, d.seed + 1,
+                priors if scenario == "label_shift" else None,
+                keep if scenario == "partial" else None,
+            )  # fmt: skip
+            pool, test = splits.target_split(y, d.seed)
+            data |= {
+                f"{scenario}.x_pool": x[pool], f"{scenario}.y_pool": y[pool],
+                f"{scenario}.x_test": x[test], f"{scenario}.y_test": y[test],
+            }  # fmt: skip
+        return data
+
+    @staticmethod
+    def _domain(
+        spec: Any, domain: str, seed: int, priors: np.ndarray | None, keep: list[int] | None
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """One domain's images: generated shapes, or an ImageFolder domain root/<domain>/."""
+        d = spec.data
+        if d.name == "shapes":
+            x, y = make_shapes(
+                d.size, seed, domain, d.image_size, class_priors=priors, classes=keep
+            )
+            return x, y, list(CLASS_NAMES)
+        if d.name != "imagefolder":
+            raise ValueError(
+                f"few_shot needs domains: data.name shapes or imagefolder, not {d.name!r}"
+            )
+        if d.path is None:
+            raise ValueError("data.path: the imagefolder root (root/<domain>/<class>/*.jpg)")
+        x, y, classes = load_domain_folder(d.path, domain, d.image_size)
+        if priors is not None:
+            idx = splits.subsample_to_priors(y, priors, seed)
+            x, y = x[idx], y[idx]
+        if keep is not None:
+            idx = np.flatnonzero(np.isin(y, keep))
+            x, y = x[idx], y[idx]
+        return x, y, classes
+
+    # ---- the source stage ----
+
+    def run_stage(self, stage: str, ctx: StageContext) -> dict[str, Any]:
+        """Stage "source" trains the source model; stage "lr" chooses the fine-tuning LR."""
+        if stage == "lr":
+            return self._choose_lr(ctx)
+        if stage != "source":
+            return super().run_stage(stage, ctx)
+        return self._train_source(ctx)
+
+    def _train_source(self, ctx: StageContext) -> dict[str, Any]:
+        """The source model on the source domain: Adam, batch 64, the last epoch's weights."""
+        cfg, data, dev = ctx.config, ctx.data, ctx.device
+        torch.manual_seed(ctx.seed)
+        x, y = (torch.as_tensor(data[k], device=dev) for k in ("xs_train", "ys_train"))
+        xv, yv = (torch.as_tensor(data[k], device=dev) for k in ("xs_val", "ys_val"))
+        config = {
+            "input_shape": list(x.shape[1:]), "num_classes": len(data["classes"]),
+            "class_names": list(data["classes"]), "width": cfg["width"],
+        }  # fmt: skip
+        model = self.build_model(config).to(dev)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg["source_lr"])
+        gen = torch.Generator().manual_seed(ctx.seed)
+        for epoch in range(cfg["source_epochs"]):
+            model.train()
+            total = 0.0
+            for idx in torch.randperm(len(x), generator=gen).split(64):
+                idx = idx.to(dev)
+                with ctx.autocast():
+                    loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(idx)
+            with ctx.autocast():
+                val_loss, val_acc = evaluate(model, xv, yv)
+            ctx.log({"train_loss": total / len(x), "val_loss": val_loss, "val_acc": val_acc}, epoch)
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        return {"model": state, "model_config": config, "source_acc": val_acc}
+
+    def _choose_lr(self, ctx: StageContext) -> dict[str, Any]:
+        """The paper's LR choice on the 1-shot split (one shot + one validation image per
+        class, the validation images being those of every k); nothing to choose for SFUDA
+        methods (their papers' LRs) or when train.lr is given."""
+        cfg, dev = ctx.config, ctx.device
+        if cfg["method"] in SFUDA_METHODS:
+            return {"lr": math.nan, "grid": [], "val_loss": []}
+        if cfg["lr"] is not None:
+            return {"lr": float(cfg["lr"]), "grid": [], "val_loss": []}
+        source = ctx.upstream["source"]
+        model = self.build_model(source["model_config"]).to(dev)
+        model.load_state_dict(source["model"])
+        x = torch.as_tensor(ctx.data[f"{cfg['scenario']}.x_pool"], device=dev)
+        y_np = ctx.data[f"{cfg['scenario']}.y_pool"]
+        one, val = splits.sample_shots(y_np, 1, ctx.seed, ctx.data["classes"])
+        y = torch.as_tensor(y_np, device=dev)
+        lr, losses = choose_lr(
+            model, x[one], y[one], x[val], y[val], cfg["method"], cfg["lr_grid"], cfg["steps"],
+            cfg["eval_every"], cfg["batch_size"], ctx.seed, ctx.autocast,
+        )  # fmt: skip
+        for i, (g, loss) in enumerate(losses.items()):
+            ctx.log({"lr": g, "selected_val_loss": loss}, i)
+        return {"lr": lr, "grid": list(losses), "val_loss": list(losses.values())}
+
+    # ---- one adaptation trial ----
+
+    def train(self, ctx: TrialContext) -> None:
+        p: Params = ctx.params
+        data, dev = ctx.data, ctx.device
+        self._check_data(p, data)
+        source = ctx.upstream["source"]
+        model = self.build_model(source["model_config"]).to(dev)
+        model.load_state_dict(source["model"])
+        tensors = {
+            name: torch.as_tensor(data[f"{p.scenario}.{name}"], device=dev)
+            for name in ("x_pool", "y_pool", "x_test", "y_test")
+        }
+        test = (tensors["x_test"], tensors["y_test"])
+        base = {"source_only_acc": evaluate(model, *test)[1], "source_acc": source["source_acc"]}
+        config = {
+            **source["model_config"], "method": p.method, "k": p.k, "scenario": p.scenario,
+            "source": {"seed": ctx.seed, **self._source_config(p)},
+            "target_domain": p.target_domain,
+        }  # fmt: skip
+        if p.method in FT_METHODS:
+            lr = ctx.upstream["lr"]
+            points, val, extra = self._few_shot(p, model, tensors, ctx, lr)
+            total = p.steps
+        else:
+            points, val, total = adapt(
+                model, tensors["x_pool"], p.method, p.sfuda_steps, p.eval_every,
+                p.batch_size, ctx.seed, autocast=ctx.autocast,
+            ), None, p.sfuda_steps  # fmt: skip
+            extra = {}
+        self._report(ctx, model, points, val, test, total, {**base, **extra}, config)
+
+    def _few_shot(
+        self, p: Params, model: nn.Module, t: dict[str, torch.Tensor], ctx: TrialContext,
+        chosen: dict[str, Any],
+    ) -> tuple:  # fmt: skip
+        """Sample the shots and start fine-tuning with the LR the "lr" stage chose."""
+        y_pool, seed = t["y_pool"].cpu().numpy(), ctx.seed
+        shots, val_idx = splits.sample_shots(y_pool, p.k, seed, ctx.data["classes"])
+        x, y = t["x_pool"], t["y_pool"]
+        extra = {f"lr_val_loss/{g:g}": v for g, v in zip(chosen["grid"], chosen["val_loss"])}
+        extra |= {"lr": chosen["lr"], "shots": float(len(shots))}
+        points = finetune(
+            model, x[shots], y[shots], p.method, chosen["lr"], p.steps, p.eval_every,
+            p.batch_size, seed, ctx.autocast,
+        )  # fmt: skip
+        return points, (x[val_idx], y[val_idx]), extra
+
+    def _report(
+        self, ctx: TrialContext, model: nn.Module, points: Any, val: tuple | None, test: tuple,
+        total: int, base: dict[str, float], config: dict[str, Any],
+    ) -> None:  # fmt: skip
+        """Evaluate at every check: the selected model is the lowest-val-loss one for few-shot
+        runs and the latest one for SFUDA runs (no labels); the oracle is reported apart."""
+        selected = {"step": 0, "val_loss": math.inf, "test_acc": base["source_only_acc"]}
+        if val is not None:
+            selected["val_loss"] = evaluate(model, *val)[0]
+        state = copy.deepcopy(model.state_dict())
+        oracle = base["source_only_acc"]
+        for i, point in enumerate(points):
+            with ctx.autocast():
+                now = evaluate(model, *test)[1]
+            oracle = max(oracle, now)
+            metrics = {"step": point.step, "train_loss": point.train_loss, "test_acc_now": now}
+            if val is not None:
+                with ctx.autocast():
+                    metrics["val_loss"], metrics["val_acc"] = evaluate(model, *val)
+            if val is None or metrics["val_loss"] < selected["val_loss"]:
+                selected = {"step": point.step, "val_loss": metrics.get("val_loss", math.nan)}
+                selected["test_acc"], state = now, copy.deepcopy(model.state_dict())
+            metrics |= {
+                **base, "test_acc": selected["test_acc"], "selected_step": selected["step"],
+                "oracle_test_acc": oracle,
+            }  # fmt: skip
+            if i < ctx.start_epoch:  # already reported before a restart (runs are deterministic)
+                continue
+            cpu = {k: v.detach().cpu() for k, v in state.items()}
+            ctx.report(metrics, {"model": cpu, "model_config": config}, progress=point.step / total)
+
+    @staticmethod
+    def _source_config(p: Params) -> dict[str, Any]:
+        return {name: getattr(p, name) for name in FewShot.stages[0].depends_on}
+
+    @staticmethod
+    def _check_data(p: Params, data: dict[str, Any]) -> None:
+        for side in ("source_domain", "target_domain"):
+            if getattr(p, side) != data[side]:
+                raise ValueError(
+                    f"train.{side}={getattr(p, side)!r} but the data was prepared for "
+                    f"{data[side]!r}: domains are data, set them in train (do not sweep them)"
+                )
+        if p.scenario not in data["scenarios"]:
+            raise ValueError(f"scenario {p.scenario!r} was not prepared ({data['scenarios']})")
+
+    # ---- the registered model ----
+
+    def build_model(self, config: dict[str, Any]) -> nn.Module:
+        shape = config["input_shape"]
+        return SmallCNN(shape[0], config["num_classes"], config["width"])
+
+    def model_input_example(self, config: dict[str, Any]) -> np.ndarray:
+        return np.zeros((2, *config["input_shape"]), dtype=np.float32)
+
+    def model_metadata(self, config: dict[str, Any]) -> dict[str, Any]:
+        keys = ("input_shape", "class_names", "method", "k", "scenario", "source", "target_domain")
+        return {k: config[k] for k in keys if k in config}
+
+    def champion_eligible(self, trial: TrialResult) -> bool:
+        # The registered model is the adapted few-shot one; the SFUDA baselines are only
+        # compared against it in the verdict.
+        return trial.params.get("method") in FT_METHODS
+
+    def verdict(self, results: list[TrialResult], spec: Any) -> Verdict:
+        return judge(results)

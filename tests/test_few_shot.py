@@ -1,0 +1,346 @@
+"""Study few_shot: the k-shot sampler, the target scenarios, the SFUDA losses, which parts
+each fine-tuning variant tunes, the stages by hand, the ImageFolder domain path, and
+`skeptic run few_shot --smoke` end to end on a real local Ray into a temporary MLflow store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from jobs.few_shot import splits
+from jobs.few_shot.finetune import finetune, tuned_parameters
+from jobs.few_shot.sfuda import (
+    aad_loss,
+    adapt,
+    entropy,
+    information_maximization,
+    shot_pseudo_labels,
+    tent_loss,
+)
+from jobs.few_shot.study import FewShot, Params, SmallCNN
+from jobs.few_shot.verdict import judge
+from skeptic.spec import load_spec
+from skeptic.stages import StageContext
+from skeptic.study import TrialResult
+
+CPU = torch.device("cpu")
+
+
+# ---- the k-shot sampler ----------------------------------------------------------------------
+
+
+def _labels(counts: list[int]) -> np.ndarray:
+    return np.random.default_rng(0).permutation(np.repeat(np.arange(len(counts)), counts))
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_sampler_takes_exactly_k_per_class_and_one_for_validation(k):
+    labels = _labels([12, 8, 20, 6])
+    shots, val = splits.sample_shots(labels, k, seed=3)
+    assert np.bincount(labels[shots]).tolist() == [k] * 4
+    assert np.bincount(labels[val]).tolist() == [1] * 4
+    assert not set(shots) & set(val)
+
+
+def test_sampler_is_deterministic_by_seed_and_nested_across_k():
+    labels = _labels([15] * 5)
+    a, va = splits.sample_shots(labels, 3, seed=7)
+    b, vb = splits.sample_shots(labels, 3, seed=7)
+    assert a.tolist() == b.tolist() and va.tolist() == vb.tolist()
+    c, _ = splits.sample_shots(labels, 3, seed=8)
+    assert a.tolist() != c.tolist()
+    one, v1 = splits.sample_shots(labels, 1, seed=7)
+    ten, v10 = splits.sample_shots(labels, 10, seed=7)
+    assert set(one) <= set(a) <= set(ten)  # the LR chosen on 1 shot validates on the same images
+    assert v1.tolist() == va.tolist() == v10.tolist()
+
+
+def test_sampler_names_the_class_that_is_too_small():
+    labels = _labels([6, 3, 6])
+    with pytest.raises(ValueError, match=r"class 'triangle' \(label 1\) has 3 images.*k \+ 1 = 4"):
+        splits.sample_shots(labels, 3, seed=0, class_names=["circle", "triangle", "ring"])
+    splits.sample_shots(labels, 2, seed=0)  # 3 = k + 1 is enough
+
+
+def test_shots_and_validation_come_from_the_pool_never_the_test_set():
+    labels = _labels([30] * 10)
+    pool, test = splits.target_split(labels, seed=0)
+    assert not set(pool) & set(test) and len(pool) + len(test) == len(labels)
+    assert np.bincount(labels[test]).tolist() == [6] * 10  # stratified 20%
+    shots, val = splits.sample_shots(labels[pool], 5, seed=1)
+    picked = set(pool[shots]) | set(pool[val])
+    assert not picked & set(test)
+
+
+# ---- the target scenarios ------------------------------------------------------------------
+
+
+def test_pareto_priors_are_long_tailed_with_the_given_imbalance():
+    p = splits.pareto_priors(10, 20.0)
+    assert p.sum() == pytest.approx(1.0)
+    assert np.all(np.diff(p) < 0)
+    assert p[0] / p[-1] == pytest.approx(20.0)
+
+
+def test_subsample_to_priors_follows_them_from_a_balanced_folder():
+    labels = _labels([50] * 4)
+    keep = splits.subsample_to_priors(labels, splits.pareto_priors(4, 10.0), seed=0)
+    counts = np.bincount(labels[keep], minlength=4)
+    assert counts[0] == 50 and counts[0] / counts[-1] == pytest.approx(10.0, rel=0.15)
+    assert np.all(np.diff(counts) < 0)
+
+
+def _spec(*sets: str):
+    return load_spec("few_shot", FewShot.defaults, Params, sets=list(sets))
+
+
+def test_prepared_scenarios_label_shift_and_partial_set():
+    spec = _spec("data.size=600", "train.imbalance=10", "train.partial_keep=4")
+    data = FewShot().prepare_data(spec)
+    assert data["scenarios"] == ["label_shift", "partial", "standard"]
+    std = np.bincount(data["standard.y_pool"], minlength=10)
+    assert std.max() - std.min() <= 2  # balanced
+    shifted = np.bincount(data["label_shift.y_pool"], minlength=10)
+    assert shifted[0] / shifted[-1] == pytest.approx(10.0, rel=0.2)
+    for part in ("x_pool", "x_test"):
+        assert data[f"partial.{part}"].shape[1:] == (3, 16, 16)
+    for part in ("y_pool", "y_test"):
+        assert sorted(set(data[f"partial.{part}"].tolist())) == [0, 1, 2, 3]
+    # Shots per class of the partial set: only the classes the target has.
+    shots, _ = splits.sample_shots(data["partial.y_pool"], 3, seed=0)
+    assert len(shots) == 4 * 3
+
+
+# ---- the SFUDA losses ------------------------------------------------------------------------
+
+
+def _confident(labels: list[int], classes: int = 4, scale: float = 20.0) -> torch.Tensor:
+    return scale * torch.nn.functional.one_hot(torch.tensor(labels), classes).float()
+
+
+def test_information_maximization_is_lowest_for_confident_balanced_predictions():
+    balanced = information_maximization(_confident([0, 1, 2, 3] * 4))
+    collapsed = information_maximization(_confident([0] * 16))
+    uniform = information_maximization(torch.zeros(16, 4))
+    assert balanced.item() == pytest.approx(-np.log(4), abs=1e-3)
+    assert balanced < uniform and balanced < collapsed
+    assert collapsed.item() == pytest.approx(0.0, abs=1e-3)
+
+
+def test_tent_entropy_is_lowest_for_confident_predictions():
+    assert entropy(torch.zeros(3, 5)).tolist() == pytest.approx([np.log(5)] * 3)
+    assert tent_loss(_confident([0, 1, 1])) < tent_loss(torch.randn(3, 4) * 0.1)
+
+
+def test_shot_pseudo_labels_follow_feature_clusters_not_the_noisy_classifier():
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.eye(3) * 5
+    truth = torch.arange(3).repeat(20)
+    feats = centres[truth] + 0.3 * torch.randn(60, 3, generator=gen)
+    logits = feats.clone()
+    flipped = torch.arange(60) % 4 == 0  # a quarter of the predictions are wrong
+    logits[flipped] = logits[flipped].roll(1, dims=1)
+    assert (logits.argmax(1) == truth).float().mean() < 0.8
+    assert (shot_pseudo_labels(feats, logits) == truth).float().mean() > 0.95
+
+
+def test_aad_loss_rewards_agreeing_neighbours_and_dispersed_batches():
+    probs = torch.softmax(_confident([0, 1, 2, 3]), 1)
+    agree = probs[:, None, :].repeat(1, 3, 1)
+    disagree = probs.roll(1, dims=0)[:, None, :].repeat(1, 3, 1)
+    assert aad_loss(probs, agree, 1.0) < aad_loss(probs, disagree, 1.0)
+    assert aad_loss(probs, agree, 1.0).item() == pytest.approx(-3.0, abs=1e-3)
+    same = torch.softmax(_confident([0, 0, 0, 0]), 1)
+    assert aad_loss(same, agree, 1.0) > aad_loss(probs, agree, 1.0)  # dispersion term
+
+
+# ---- what each method tunes ------------------------------------------------------------------
+
+
+def _changed(method: str) -> set[str]:
+    torch.manual_seed(0)
+    model = SmallCNN(3, 4, 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.rand(8, 3, 8, 8), torch.arange(4).repeat(2)
+    if method in ("shot", "aad", "tent"):
+        list(adapt(model, x, method, 3, 3, 4, seed=0))
+    else:
+        list(finetune(model, x, y, method, 1e-2, 4, 2, 4, seed=0))
+    return {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+
+
+def _learned(method: str) -> set[str]:
+    return {k for k in _changed(method) if "running" not in k and "num_batches" not in k}
+
+
+def test_each_variant_tunes_only_its_parts():
+    bn_affine = {f"features.{i}.{p}" for i in (1, 5, 9) for p in ("weight", "bias")}
+    conv = {f"features.{i}.weight" for i in (0, 4, 8)}
+    head = {"classifier.weight", "classifier.bias"}
+    assert _changed("lp") == head  # the backbone, BN statistics included, stays the source's
+    assert _learned("bn") == bn_affine
+    assert _learned("cls_bn") == bn_affine | head
+    assert _learned("ft") == bn_affine | conv | head
+    assert _learned("lp_ft") == bn_affine | conv | head
+    assert _learned("tent") == bn_affine
+    assert _learned("shot") == bn_affine | conv  # the classifier (hypothesis) is frozen
+    assert _learned("aad") == bn_affine | conv
+
+
+def test_tuned_parameters_freeze_the_rest():
+    model = SmallCNN(3, 4, 2)
+    params = tuned_parameters(model, "classifier")
+    assert {id(p) for p in params} == {id(p) for p in model.classifier.parameters()}
+    assert not any(p.requires_grad for p in model.features.parameters())
+
+
+# ---- the stages by hand, and the ImageFolder domain path ----------------------------------------
+
+
+def _stage(study, data, params: Params, name: str, upstream: dict) -> dict:
+    stage = next(s for s in study.stages if s.name == name)
+    config = {f: getattr(params, f) for f in stage.depends_on}
+    return study.run_stage(name, StageContext(name, config, 0, CPU, data, upstream))
+
+
+def _write_office(root, domains=("amazon", "webcam"), classes=("bike", "cup", "mug"), n=10):
+    colours = {"amazon": (230, 230, 230), "webcam": (30, 30, 30)}
+    for domain in domains:
+        for c, name in enumerate(classes):
+            folder = root / domain / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                img = Image.new("RGB", (12, 12), colours[domain])
+                img.paste((200 * (c == 0), 200 * (c == 1), 200 * (c == 2)), (i % 4, 2, 8, 9))
+                img.save(folder / f"{i}.jpg")
+
+
+def test_imagefolder_domains_feed_the_source_and_lr_stages(tmp_path):
+    _write_office(tmp_path)
+    spec = _spec(
+        "data.name=imagefolder", f"data.path={tmp_path}", "data.size=100", "data.image_size=8",
+        "train.source_domain=amazon", "train.target_domain=webcam", "train.partial_keep=2",
+        "train.width=2", "train.source_epochs=1", "train.steps=4", "train.eval_every=2",
+        "train.lr_grid=[0.001, 0.01]",
+    )  # fmt: skip
+    study = FewShot()
+    data = study.prepare_data(spec)
+    assert data["classes"] == ["bike", "cup", "mug"]
+    assert len(data["xs_train"]) + len(data["xs_val"]) == 30
+    assert data["standard.x_pool"].shape == (24, 3, 8, 8) and len(data["standard.y_test"]) == 6
+    assert set(data["partial.y_pool"].tolist()) == {0, 1}
+    shifted = np.bincount(data["label_shift.y_pool"], minlength=3)
+    assert shifted[0] > shifted[2]
+    params = Params(**{**spec.train, "method": "lp", "k": 1})
+    source = _stage(study, data, params, "source", {})
+    assert source["model_config"]["input_shape"] == [3, 8, 8]
+    assert 0 <= source["source_acc"] <= 1
+    chosen = _stage(study, data, params, "lr", {"source": source})
+    assert chosen["lr"] in (0.001, 0.01) and chosen["grid"] == [0.001, 0.01]
+    assert chosen["lr"] == chosen["grid"][int(np.argmin(chosen["val_loss"]))]
+    sfuda = Params(**{**spec.train, "method": "tent", "k": 0})
+    assert np.isnan(_stage(study, data, sfuda, "lr", {"source": source})["lr"])
+
+
+def test_params_tie_shots_to_the_method():
+    with pytest.raises(ValueError, match="uses no target labels"):
+        Params(method="shot", k=3)
+    with pytest.raises(ValueError, match="k >= 1"):
+        Params(method="ft", k=0)
+
+
+def test_default_sweep_runs_each_sfuda_method_once_per_scenario_and_seed():
+    from skeptic.spec import grid_points
+
+    points = grid_points(_spec())
+    sfuda = [p for p in points if p["method"] in ("shot", "aad", "tent")]
+    assert len(sfuda) == 3 * 3 and all(p["k"] == 0 for p in sfuda)
+    assert len(points) - len(sfuda) == 5 * 4 * 3  # FT variants x k x scenario
+
+
+# ---- end to end ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_smoke_sweep_end_to_end(ray_session, mlflow_store, tmp_path):
+    from skeptic.cli import main
+
+    assert main(["run", "few_shot", "--smoke", "--storage", str(tmp_path / "runs")]) == 0
+    client = MlflowClient(mlflow_store)
+    exp = client.get_experiment_by_name("few_shot")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parent = next(r for r in runs if r.data.tags.get("skeptic.kind") == "sweep")
+    stages = [r for r in runs if "skeptic.stage" in r.data.tags]
+    trials = [r for r in runs if "skeptic.trial_id" in r.data.tags]
+    keys = sorted(
+        (
+            t.data.params["method"],
+            t.data.params["k"],
+            t.data.params["scenario"],
+            t.data.params["seed"],
+        )
+        for t in trials
+    )
+    assert keys == [("ft", "1", "standard", "0"), ("tent", "0", "standard", "0")]
+    assert all(t.data.tags["skeptic.outcome"] == "completed" for t in trials)
+    assert sorted(s.data.tags["skeptic.stage"] for s in stages) == ["lr", "lr", "source"]
+    assert parent.data.tags["skeptic.verdict"] == "undecided"  # one seed: cannot decide
+    for t in trials:
+        assert "test_acc" in t.data.metrics and "oracle_test_acc" in t.data.metrics
+    version = client.get_model_version_by_alias("few_shot", "champion")
+    champion = next(t for t in trials if t.info.run_id == version.run_id)
+    assert champion.data.params["method"] == "ft"  # the adapted few-shot model
+    source_run = champion.data.tags["skeptic.upstream.source"]
+    assert client.get_run(source_run).data.tags["skeptic.stage"] == "source"
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(f"models:/few_shot/{version.version}")
+    meta = model.metadata.metadata
+    assert (meta["k"], meta["scenario"], meta["method"]) == (1, "standard", "ft")
+    assert meta["source"]["seed"] == 0 and "source_epochs" in meta["source"]
+    probs = model.predict(np.random.rand(3, 3, 16, 16).astype(np.float32))
+    assert probs.shape == (3, 10) and np.allclose(probs.sum(1), 1, atol=1e-4)
+
+
+# ---- the decision rule ------------------------------------------------------------------------
+
+
+def _result(method: str, k: int, scenario: str, seed: int, acc: float) -> TrialResult:
+    params = {"method": method, "k": k, "scenario": scenario, "seed": seed}
+    final = {"test_acc": acc, "oracle_test_acc": acc, "source_only_acc": 0.2, "lr": 1e-3}
+    return TrialResult(f"{method}{k}{scenario}{seed}", params, [final], "completed")
+
+
+def _sweep(ft: dict[str, dict[int, float]], sfuda: dict[str, float]) -> list[TrialResult]:
+    """Accuracies per scenario (k -> mean for FT, mean for SFUDA), +-1 pp over 3 seeds."""
+    out = []
+    for seed, jitter in enumerate((-0.01, 0.0, 0.01)):
+        for scenario, per_k in ft.items():
+            out += [_result("ft", k, scenario, seed, a + jitter) for k, a in per_k.items()]
+        for scenario, acc in sfuda.items():
+            out.append(_result("shot", 0, scenario, seed, acc + jitter))
+    return out
+
+
+def test_verdict_overturned_when_ft_matches_then_beats_under_shift():
+    results = _sweep(
+        {"standard": {1: 0.40, 3: 0.60}, "label_shift": {1: 0.50, 3: 0.70}},
+        {"standard": 0.61, "label_shift": 0.30},
+    )
+    verdict = judge(results)
+    assert verdict.held is False
+    assert "from k=3" in verdict.summary and "label_shift (from k=1)" in verdict.summary
+    assert set(verdict.figures) == {"accuracy_vs_k"}
+    assert {row["scenario"] for row in verdict.table} == {"standard", "label_shift"}
+
+
+def test_verdict_held_when_ft_never_matches_and_undecided_when_mixed_or_one_seed():
+    never = _sweep({"standard": {1: 0.3, 3: 0.4}}, {"standard": 0.6})
+    assert judge(never).held is True
+    mixed = _sweep({"standard": {1: 0.3}, "partial": {1: 0.9}}, {"standard": 0.6, "partial": 0.2})
+    assert judge(mixed).held is None and "mixed" in judge(mixed).summary
+    one_seed = [r for r in never if r.params["seed"] == 0]
+    assert judge(one_seed).held is None
