@@ -63,3 +63,14 @@ def test_console_script_and_module_entry_points():
         [sys.executable, "-m", "skeptic", "--help"], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0 and "studies" in done.stdout
+
+
+def test_relative_sqlite_tracking_uri_is_made_absolute(tmp_path, monkeypatch) -> None:
+    # Ray workers do not share the driver's working directory: a relative SQLite path would
+    # open another (empty) database there.
+    from skeptic.tracking import resolve_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_tracking_uri("sqlite:///runs.db") == f"sqlite:///{tmp_path / 'runs.db'}"
+    assert resolve_tracking_uri("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
+    assert resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"

@@ -150,10 +150,11 @@ class StageSetup:
 
 
 def run_job(study: Study, job: StageJob, data: dict, upstream: dict, spec: Spec,
-            client: MlflowClient | None = None, run_id: str | None = None) -> dict[str, Any]:  # fmt: skip
+            client: MlflowClient | None = None, run_id: str | None = None,
+            cpus: float | None = None) -> dict[str, Any]:  # fmt: skip
     """Run one stage job in this process (a Ray task, or a trial when stages are not shared)."""
     device = pick_device(spec.resources.gpu)
-    torch.set_num_threads(max(1, int(spec.resources.cpu)))
+    torch.set_num_threads(max(1, int(cpus or spec.resources.cpu)))
     seed_everything(job.seed)
     ctx = StageContext(
         job.stage,
@@ -170,7 +171,7 @@ def run_job(study: Study, job: StageJob, data: dict, upstream: dict, spec: Spec,
 
 
 def _stage_task(
-    job: StageJob, data: dict, upstream_refs: dict[str, Any], setup: StageSetup
+    job: StageJob, data: dict, upstream_refs: dict[str, Any], setup: StageSetup, cpus: float
 ) -> dict:
     """A Ray task: run the job inside its own MLflow run and save the result as its artifact."""
     from skeptic.study import get_study
@@ -190,7 +191,7 @@ def _stage_task(
     )
     upstream = {name: ray.get(ref) for name, ref in upstream_refs.items()}
     try:
-        result = run_job(study, job, data, upstream, setup.spec, client, run_id)
+        result = run_job(study, job, data, upstream, setup.spec, client, run_id, cpus)
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(result, Path(tmp) / RESULT_FILE)
             client.log_artifact(run_id, str(Path(tmp) / RESULT_FILE), ARTIFACT_DIR)
@@ -236,27 +237,38 @@ def run_stages(
     if not study.stages:
         return out
     client = MlflowClient(setup.tracking_uri)
-    task = ray.remote(_stage_task).options(
-        num_cpus=spec.resources.cpu,
-        num_gpus=spec.resources.gpu,
-        max_retries=spec.sweep.max_failures,
-    )
     for stage in study.stages:
         jobs = [j for j in plan(study, spec, salt) if j.stage == stage.name]
-        pending = {}
+        todo = []
         for job in jobs:
             cached = _cached(client, setup.experiment_id, job.key)
             if cached:
                 out.refs[job.key], out.runs[job.key] = ray.put(_load(client, cached)), cached
                 out.reused += 1
-                continue
+            else:
+                todo.append(job)
+        cpus = _cpus_per_job(spec, len(todo))
+        task = ray.remote(_stage_task).options(
+            num_cpus=cpus, num_gpus=spec.resources.gpu, max_retries=spec.sweep.max_failures
+        )
+        pending = {}
+        for job in todo:
             upstream = {name: out.refs[key] for name, key in job.upstream.items()}
-            pending[task.remote(job, data_ref, upstream, setup)] = job
+            pending[task.remote(job, data_ref, upstream, setup, cpus)] = job
         _wait(stage.name, pending, len(jobs))
         for ref, job in pending.items():
             out.refs[job.key] = ref
             out.runs[job.key] = _cached(client, setup.experiment_id, job.key) or ""
     return out
+
+
+def _cpus_per_job(spec: Spec, jobs: int) -> float:
+    """CPU-only stages with fewer jobs than the cluster has CPUs get the idle ones as extra
+    threads: nothing else runs until the stage is done."""
+    if spec.resources.gpu > 0 or jobs == 0:
+        return spec.resources.cpu
+    total = ray.cluster_resources().get("CPU", spec.resources.cpu)
+    return max(spec.resources.cpu, float(int(total // jobs)))
 
 
 def _wait(stage: str, pending: dict[Any, StageJob], total: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import os
 import pkgutil
 from abc import ABC, abstractmethod
@@ -164,9 +165,27 @@ class UnknownStudy(KeyError):
         return self.args[0]
 
 
+def _packages() -> list[str]:
+    return [
+        p.strip() for p in os.environ.get("SKEPTIC_STUDY_PACKAGES", "jobs").split(",") if p.strip()
+    ]
+
+
+def _import_by_name(name: str) -> None:
+    """Import just `<package>.<name>`, the usual home of study `name`: a trial's worker then
+    skips importing every other study (seconds each: timm, torch-pruning, ...)."""
+    for package_name in _packages():
+        module = f"{package_name}.{name}"
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if found:
+            _load(module, lambda module=module: importlib.import_module(module))
+
+
 def _discover() -> None:
-    packages = os.environ.get("SKEPTIC_STUDY_PACKAGES", "jobs").split(",")
-    for package_name in filter(None, (p.strip() for p in packages)):
+    for package_name in _packages():
         try:
             package = importlib.import_module(package_name)
         except ModuleNotFoundError:
@@ -192,6 +211,8 @@ def all_studies() -> dict[str, type[Study]]:
 
 
 def get_study(name: str) -> Study:
+    if name not in _REGISTRY:
+        _import_by_name(name)
     if name not in _REGISTRY:
         _discover()
     if name not in _REGISTRY:

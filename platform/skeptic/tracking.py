@@ -25,9 +25,12 @@ PACKAGES = ("skeptic", "torch", "ray", "mlflow", "numpy", "timm", "transformers"
 def resolve_tracking_uri(uri: str | None) -> str:
     """--tracking-uri, else MLFLOW_TRACKING_URI, else a SQLite file in the working directory."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    return f"sqlite:///{Path(DEFAULT_DB).resolve()}"
+    if not uri:
+        return f"sqlite:///{Path(DEFAULT_DB).resolve()}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # Relative to this directory: Ray workers run elsewhere and would open another file.
+        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
 
 
 def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
