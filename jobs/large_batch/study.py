@@ -18,7 +18,6 @@ from torch import nn
 
 from jobs.large_batch.ghost_bn import make_norm
 from jobs.large_batch.verdict import judge
-from skeptic.data import load_dataset
 from skeptic.study import Study, TrialResult, Verdict, register_study
 from skeptic.trial import TrialContext
 
@@ -104,7 +103,10 @@ class LargeBatch(Study):
         "train": {"base_batch": 64, "lr": 0.05, "epochs": 10},
         "sweep": {
             "space": {"batch_size": {"grid": [256, 2048]}},  # 4x and 32x the small batch
-            "arms": {**{k: v for k, v in ARMS.items() if k != "SB"}, "SB": {**ARMS["SB"], "batch_size": 64}},
+            "arms": {
+                **{k: v for k, v in ARMS.items() if k != "SB"},
+                "SB": {**ARMS["SB"], "batch_size": 64},
+            },
             "derive": {"lr": {"source": "batch_size", "reference": 64, "rule_from": "lr_rule"}},
             "seeds": 3,
         },
@@ -132,16 +134,6 @@ class LargeBatch(Study):
             f"-gbn{gbn}-{params['regime']}-s{params['seed']}"
         )
 
-    def prepare_data(self, spec: Any) -> dict[str, Any]:
-        d = spec.data
-        ds = load_dataset(
-            d.name, d.size, d.val_fraction, seed=d.seed, domain=d.domain, path=d.path, image_size=d.image_size
-        )
-        return {
-            "x_train": ds.x_train, "y_train": ds.y_train,
-            "x_val": ds.x_val, "y_val": ds.y_val, "classes": list(ds.classes),
-        }  # fmt: skip
-
     def train(self, ctx: TrialContext) -> None:
         p: Params = ctx.params
         data, dev = ctx.data, ctx.device
@@ -149,7 +141,9 @@ class LargeBatch(Study):
         xv, yv = (torch.tensor(data[k], device=dev) for k in ("x_val", "y_val"))
         config = self.model_config_for(p, x.shape[1:], len(data["classes"]), data["classes"])
         model = self.build_model(config).to(dev)
-        opt = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+        opt = torch.optim.SGD(
+            model.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay
+        )
         w0 = _weights(model)
         if ctx.state:
             model.load_state_dict(ctx.state["model"])
@@ -172,7 +166,12 @@ class LargeBatch(Study):
                 "updates": (epoch + 1) * math.ceil(len(x) / p.batch_size),
                 "weight_distance": (_weights(model) - w0).norm().item(),
             }  # fmt: skip
-            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "w0": w0.cpu(), "model_config": config}
+            state = {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "w0": w0.cpu(),
+                "model_config": config,
+            }
             ctx.report(metrics, state, samples=len(x), progress=(epoch + 1) / total)
 
     @staticmethod
@@ -201,7 +200,13 @@ class LargeBatch(Study):
 
     def build_model(self, config: dict[str, Any]) -> nn.Module:
         in_features = int(np.prod(config["input_shape"]))
-        return MLP(in_features, config["num_classes"], config["width"], config["depth"], config["ghost_batch"])
+        return MLP(
+            in_features,
+            config["num_classes"],
+            config["width"],
+            config["depth"],
+            config["ghost_batch"],
+        )
 
     def model_input_example(self, config: dict[str, Any]) -> np.ndarray:
         return np.zeros((2, *config["input_shape"]), dtype=np.float32)

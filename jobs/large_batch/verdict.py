@@ -74,7 +74,9 @@ def _rank(arm: str) -> int:
 def _decide(sb: dict, arms: dict[str, dict], big: int) -> tuple[bool | None, list[str]]:
     lines = []
     if "LB" not in arms or "+RA" not in arms:
-        return None, [f"batch {big}: the sweep lacks the LB or +RA arm, so the claim cannot be tested."]
+        return None, [
+            f"batch {big}: the sweep lacks the LB or +RA arm, so the claim cannot be tested."
+        ]
     if min([sb["n"]] + [a["n"] for a in arms.values()]) < 2:
         why = "Cannot decide: fewer than 2 seeds per arm, so the spread is unknown."
         return None, [f"{why} Re-run with --set sweep.seeds=3 (or more)."]
@@ -88,7 +90,11 @@ def _decide(sb: dict, arms: dict[str, dict], big: int) -> tuple[bool | None, lis
     closed = left <= 2 * left_se
     lines.append(
         f"batch {big}: SB - (+RA) = {100 * left:+.2f} pp (2 SE = {200 * left_se:.2f} pp): "
-        + ("+RA closes the gap (same number of updates as SB)." if closed else "+RA does NOT close the gap.")
+        + (
+            "+RA closes the gap (same number of updates as SB)."
+            if closed
+            else "+RA does NOT close the gap."
+        )
     )
     return (not closed), lines
 
@@ -116,10 +122,19 @@ def _plot_arms(sb: dict, per_batch: dict[int, dict[str, dict]]) -> Any:
         ax.bar(xs, ys, width, yerr=err, capsize=3, label=f"batch {bs}")
         for x, y in zip(xs, ys):
             if y < bottom:  # e.g. a diverged arm: say so instead of squashing the scale
-                ax.annotate(f"{y:.0f}% (off scale)", (x, bottom), ha="center", va="bottom", fontsize=7, rotation=90)
+                ax.annotate(
+                    f"{y:.0f}% (off scale)",
+                    (x, bottom),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                    rotation=90,
+                )
     ax.axhline(100 * sb["mean"], color="k", lw=1.5, label=f"SB (batch {sb['batch']})")
     if not math.isnan(sb["std"]):
-        ax.axhspan(100 * (sb["mean"] - sb["std"]), 100 * (sb["mean"] + sb["std"]), color="k", alpha=0.12)
+        ax.axhspan(
+            100 * (sb["mean"] - sb["std"]), 100 * (sb["mean"] + sb["std"]), color="k", alpha=0.12
+        )
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(shown))], shown)
     ax.set_ylim(bottom, 100)
     ax.set_ylabel("final val accuracy (%), mean ± std over seeds")
@@ -134,7 +149,12 @@ def _plot_distance(groups: dict, big: int) -> Any:
         if bs != big and arm != "SB":
             continue
         h = trials[0].history
-        ax.plot([r["updates"] for r in h], [r["weight_distance"] for r in h], marker=".", label=f"{arm} (b{bs})")
+        ax.plot(
+            [r["updates"] for r in h],
+            [r["weight_distance"] for r in h],
+            marker=".",
+            label=f"{arm} (b{bs})",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("updates (log scale)")
     ax.set_ylabel("||w_t - w_0||")
@@ -147,14 +167,21 @@ def judge(results: list[TrialResult], metric: str) -> Verdict:
     groups = _groups(results, metric)
     sb_trials = [t for (arm, _), ts in groups.items() if arm == "SB" for t in ts]
     if not sb_trials:
-        return Verdict(None, "Cannot decide: no finished SB (small-batch) trial.", _table(groups, metric))
-    sb = {**_stats([t.final[metric] for t in sb_trials]), "batch": int(sb_trials[0].params["batch_size"])}
+        return Verdict(
+            None, "Cannot decide: no finished SB (small-batch) trial.", _table(groups, metric)
+        )
+    sb = {
+        **_stats([t.final[metric] for t in sb_trials]),
+        "batch": int(sb_trials[0].params["batch_size"]),
+    }
     per_batch: dict[int, dict[str, dict]] = defaultdict(dict)
     for (arm, bs), ts in groups.items():
         if arm != "SB":
             per_batch[bs][arm] = _stats([t.final[metric] for t in ts])
     if not per_batch:
-        return Verdict(None, "Cannot decide: no large-batch trial finished.", _table(groups, metric))
+        return Verdict(
+            None, "Cannot decide: no large-batch trial finished.", _table(groups, metric)
+        )
     big = max(per_batch)
     held, lines = _decide(sb, per_batch[big], big)
     lines += [_ordering(arms, bs) for bs, arms in sorted(per_batch.items())]

@@ -30,7 +30,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from jobs.metaformer.mixers import ABLATIONS, MIXERS, build_metaformer
 from jobs.metaformer.verdict import judge
-from skeptic.data import load_dataset
 from skeptic.study import Study, TrialResult, Verdict, register_study
 from skeptic.trial import TrialContext
 
@@ -176,17 +175,6 @@ class MetaFormerStudy(Study):
     def run_name(self, params: dict[str, Any], swept: list[str]) -> str:
         """e.g. `pool3-no_mlp-lr0.002-s1`."""
         return f"{params.get('arm', params['mixer'])}-lr{params['lr']:.3g}-s{params['seed']}"
-
-    def prepare_data(self, spec: Any) -> dict[str, Any]:
-        d = spec.data
-        ds = load_dataset(
-            d.name, d.size, d.val_fraction, seed=d.seed, domain=d.domain, path=d.path,
-            image_size=d.image_size,
-        )  # fmt: skip
-        return {
-            "x_train": ds.x_train, "y_train": ds.y_train,
-            "x_val": ds.x_val, "y_val": ds.y_val, "classes": list(ds.classes),
-        }  # fmt: skip
 
     def train(self, ctx: TrialContext) -> None:
         p: Params = ctx.params

@@ -51,7 +51,6 @@ from jobs.pruning.prune import (
     structured_prune,
 )
 from jobs.pruning.verdict import judge
-from skeptic.data import load_dataset
 from skeptic.stages import StageContext
 from skeptic.study import Stage, Study, TrialResult, Verdict, register_study
 from skeptic.trial import TrialContext
@@ -236,22 +235,6 @@ class Pruning(Study):
     def run_name(self, params: dict[str, Any], swept: list[str]) -> str:
         """e.g. `scratch_b-r0.5-s1`."""
         return f"{params.get('arm', params['method'])}-r{params['ratio']:.3g}-s{params['seed']}"
-
-    def prepare_data(self, spec: Any) -> dict[str, Any]:
-        d = spec.data
-        ds = load_dataset(
-            d.name,
-            d.size,
-            d.val_fraction,
-            seed=d.seed,
-            domain=d.domain,
-            path=d.path,
-            image_size=d.image_size,
-        )
-        return {
-            "x_train": ds.x_train, "y_train": ds.y_train,
-            "x_val": ds.x_val, "y_val": ds.y_val, "classes": list(ds.classes),
-        }  # fmt: skip
 
     # --- the shared baseline -------------------------------------------------------------
 

@@ -88,8 +88,20 @@ class Study(ABC):
     stages: ClassVar[tuple[Stage, ...]] = ()  # upstream stages, in the order they run
 
     def prepare_data(self, spec: Any) -> dict[str, Any]:
-        """Built once per sweep on the driver and shared with every trial via the object store."""
-        return {}
+        """Built once per sweep on the driver and shared with every trial via the object store.
+        By default: the spec's `data` section, split into x_train/y_train/x_val/y_val arrays
+        plus the class names."""
+        from skeptic.data import load_dataset
+
+        d = spec.data
+        ds = load_dataset(
+            d.name, d.size, d.val_fraction, seed=d.seed, domain=d.domain, path=d.path,
+            image_size=d.image_size,
+        )  # fmt: skip
+        return {
+            "x_train": ds.x_train, "y_train": ds.y_train,
+            "x_val": ds.x_val, "y_val": ds.y_val, "classes": list(ds.classes),
+        }  # fmt: skip
 
     @abstractmethod
     def train(self, ctx: TrialContext) -> None:
