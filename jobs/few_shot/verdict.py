@@ -26,6 +26,7 @@ import numpy as np
 from jobs.few_shot.finetune import FT_METHODS
 from jobs.few_shot.sfuda import SFUDA_METHODS
 from jobs.few_shot.splits import SCENARIOS
+from skeptic.stats import diff_se, summarize
 from skeptic.study import TrialResult, Verdict
 
 METRIC = "test_acc"
@@ -47,16 +48,6 @@ PAPER_NOTE = """### Protocol, and what this run does not do
   shift and partial sets. This run is a 10-class generated-shapes analogue with a small CNN;
   its verdict is about this run's numbers only.
 """
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    arr = np.asarray(values, dtype=float)
-    std = float(arr.std(ddof=1)) if len(arr) > 1 else math.nan
-    return {"mean": float(arr.mean()), "std": std, "n": len(arr)}
-
-
-def _se(a: dict, b: dict) -> float:
-    return math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])
 
 
 Group = dict[tuple[str, str, int], list[TrialResult]]
@@ -82,7 +73,7 @@ def _table(groups: Group) -> list[dict[str, Any]]:
     for (scenario, method, k), trials in sorted(
         groups.items(), key=lambda kv: (_rank(kv[0][0]), order.get(kv[0][1], 99), kv[0][2])
     ):
-        s = _stats([t.final[METRIC] for t in trials])
+        s = summarize([t.final[METRIC] for t in trials])
         lrs = sorted({t.final["lr"] for t in trials if not math.isnan(t.final.get("lr", math.nan))})
         rows.append({
             "scenario": scenario, "method": method,
@@ -104,7 +95,7 @@ def _per_scenario(groups: Group) -> dict[str, dict[str, Any]]:
     """scenario -> {"sfuda": {method: stats}, "ft": {method: {k: stats}}}."""
     out: dict[str, dict[str, Any]] = defaultdict(lambda: {"sfuda": {}, "ft": defaultdict(dict)})
     for (scenario, method, k), trials in groups.items():
-        s = _stats([t.final[METRIC] for t in trials])
+        s = summarize([t.final[METRIC] for t in trials])
         if method in SFUDA_METHODS:
             out[scenario]["sfuda"][method] = s
         else:
@@ -129,7 +120,7 @@ def _compare(scenario: str, data: dict[str, Any]) -> tuple[bool | None, int | No
     for k in ks:
         name = max((m for m in ft if k in ft[m]), key=lambda m: ft[m][k]["mean"])
         s = ft[name][k]
-        diff, two_se = s["mean"] - best["mean"], 2 * _se(s, best)
+        diff, two_se = s["mean"] - best["mean"], 2 * diff_se(s, best)
         ok = diff >= -two_se if scenario == "standard" else diff > two_se
         lines.append(
             f"  k={k}: best few-shot = {name} {100 * s['mean']:.1f}% "
@@ -241,7 +232,7 @@ def _notes(groups: Group) -> str:
     for (scenario, method, k), trials in groups.items():
         if len(trials) > 1:
             kind = "SFUDA" if method in SFUDA_METHODS else f"few-shot k={k}"
-            spreads[kind].append(100 * _stats([t.final[METRIC] for t in trials])["std"])
+            spreads[kind].append(100 * summarize([t.final[METRIC] for t in trials])["std"])
     if spreads:
         lines += ["", "### Spread over seeds (mean std, pp)", ""]
         for kind in sorted(spreads, key=lambda s: (s != "SFUDA", len(s), s)):

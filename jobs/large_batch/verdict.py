@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from skeptic.stats import diff_se, summarize
 from skeptic.study import TrialResult, Verdict
 
 ORDER = ["LB", "+LR", "+GBN", "+RA"]  # the paper's Table 1, each arm adding one fix
@@ -33,16 +34,6 @@ numbers only; a small run on generated data can show a smaller gap than the pape
 SHOWN = ["LB", "+LR", "+LR(linear)", "+GBN", "+RA"]
 
 
-def _stats(values: list[float]) -> dict[str, float]:
-    arr = np.asarray(values, dtype=float)
-    std = float(arr.std(ddof=1)) if len(arr) > 1 else float("nan")
-    return {"mean": float(arr.mean()), "std": std, "n": len(arr)}
-
-
-def _se(a: dict, b: dict) -> float:
-    return math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])
-
-
 def _groups(results: list[TrialResult], metric: str) -> dict[tuple[str, int], list[TrialResult]]:
     groups: dict[tuple[str, int], list[TrialResult]] = defaultdict(list)
     for r in results:
@@ -54,7 +45,7 @@ def _groups(results: list[TrialResult], metric: str) -> dict[tuple[str, int], li
 def _table(groups: dict, metric: str) -> list[dict[str, Any]]:
     rows = []
     for (arm, bs), trials in sorted(groups.items(), key=lambda kv: (kv[0][1], _rank(kv[0][0]))):
-        s = _stats([t.final[metric] for t in trials])
+        s = summarize([t.final[metric] for t in trials])
         train = float(np.mean([t.final.get("train_acc", np.nan) for t in trials]))
         rows.append({
             "arm": arm, "batch": bs, "lr": trials[0].params.get("lr"),
@@ -81,12 +72,12 @@ def _decide(sb: dict, arms: dict[str, dict], big: int) -> tuple[bool | None, lis
         why = "Cannot decide: fewer than 2 seeds per arm, so the spread is unknown."
         return None, [f"{why} Re-run with --set sweep.seeds=3 (or more)."]
     lb, ra = arms["LB"], arms["+RA"]
-    gap, gap_se = sb["mean"] - lb["mean"], _se(sb, lb)
+    gap, gap_se = sb["mean"] - lb["mean"], diff_se(sb, lb)
     lines.append(f"batch {big}: SB - LB = {100 * gap:+.2f} pp (2 SE = {200 * gap_se:.2f} pp)")
     if gap <= 2 * gap_se:
         lines.append("No significant large-batch gap at this scale: the run cannot test the claim.")
         return None, lines
-    left, left_se = sb["mean"] - ra["mean"], _se(sb, ra)
+    left, left_se = sb["mean"] - ra["mean"], diff_se(sb, ra)
     closed = left <= 2 * left_se
     lines.append(
         f"batch {big}: SB - (+RA) = {100 * left:+.2f} pp (2 SE = {200 * left_se:.2f} pp): "
@@ -171,13 +162,13 @@ def judge(results: list[TrialResult], metric: str) -> Verdict:
             None, "Cannot decide: no finished SB (small-batch) trial.", _table(groups, metric)
         )
     sb = {
-        **_stats([t.final[metric] for t in sb_trials]),
+        **summarize([t.final[metric] for t in sb_trials]),
         "batch": int(sb_trials[0].params["batch_size"]),
     }
     per_batch: dict[int, dict[str, dict]] = defaultdict(dict)
     for (arm, bs), ts in groups.items():
         if arm != "SB":
-            per_batch[bs][arm] = _stats([t.final[metric] for t in ts])
+            per_batch[bs][arm] = summarize([t.final[metric] for t in ts])
     if not per_batch:
         return Verdict(
             None, "Cannot decide: no large-batch trial finished.", _table(groups, metric)

@@ -21,7 +21,6 @@ The component ablations are reported beside the verdict (they do not decide it):
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from typing import Any
 
@@ -31,6 +30,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from skeptic.stats import diff_se, summarize
 from skeptic.study import TrialResult, Verdict
 
 POOL, ATTN, CONTROLS = "pool3", "attention", ("identity", "random")
@@ -55,16 +55,6 @@ benchmarks/mixer_throughput.py for a side-by-side measurement.
 """
 
 
-def _stats(values: list[float]) -> dict[str, float]:
-    arr = np.asarray(values, dtype=float)
-    std = float(arr.std(ddof=1)) if len(arr) > 1 else float("nan")
-    return {"mean": float(arr.mean()), "std": std, "n": len(arr)}
-
-
-def _se(a: dict, b: dict) -> float:
-    return math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])
-
-
 def _arm(r: TrialResult) -> str:
     p = r.params
     if "arm" in p:
@@ -85,7 +75,7 @@ def _summaries(results: list[TrialResult], metric: str) -> dict[str, dict[float,
             rates = [np.median([h["train_images_per_s"] for h in t.history]) for t in trials]
             evals = [np.median([h["eval_images_per_s"] for h in t.history]) for t in trials]
             out[arm][lr] = {
-                **_stats([t.final[metric] for t in trials]), "lr": lr,
+                **summarize([t.final[metric] for t in trials]), "lr": lr,
                 "mixer": trials[0].params["mixer"], "ablation": trials[0].params["ablation"],
                 "params": int(trials[0].final["params"]), "macs": int(trials[0].final["macs"]),
                 "train_ips": float(np.mean(rates)), "eval_ips": float(np.mean(evals)),
@@ -122,7 +112,7 @@ def _table(best: dict[str, dict], summaries: dict[str, dict[float, dict]]) -> li
 
 def _compare(a: dict, b: dict) -> tuple[float, float]:
     """a - b and 2 standard errors of that difference."""
-    return a["mean"] - b["mean"], 2 * _se(a, b)
+    return a["mean"] - b["mean"], 2 * diff_se(a, b)
 
 
 def _decide(best: dict[str, dict]) -> tuple[bool | None, list[str]]:

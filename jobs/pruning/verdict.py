@@ -27,6 +27,7 @@ import torch
 
 from jobs.pruning import models
 from jobs.pruning.prune import count_flops, count_params, latency_pair_ms, structured_prune
+from skeptic.stats import diff_se, summarize
 from skeptic.study import TrialResult, Verdict
 
 STRUCTURED = ["fine_tuned", "scratch_e", "scratch_b"]
@@ -42,12 +43,6 @@ at the small lr (0.01). The rule above is applied to this run's numbers only.
 """
 
 
-def _stats(values: list[float]) -> dict[str, float]:
-    arr = np.asarray(values, dtype=float)
-    std = float(arr.std(ddof=1)) if len(arr) > 1 else float("nan")
-    return {"mean": float(arr.mean()), "std": std, "n": len(arr)}
-
-
 def _groups(results: list[TrialResult], metric: str) -> dict[tuple[str, float], list[TrialResult]]:
     groups: dict[tuple[str, float], list[TrialResult]] = defaultdict(list)
     for r in results:
@@ -60,14 +55,14 @@ def _groups(results: list[TrialResult], metric: str) -> dict[tuple[str, float], 
 
 def _compare(a: dict, b: dict) -> tuple[float, float]:
     """b - a, and the threshold it must pass to count."""
-    se = math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])
+    se = diff_se(a, b)
     return b["mean"] - a["mean"], max(2 * se, MIN_GAP)
 
 
 def _table(groups: dict, metric: str) -> list[dict[str, Any]]:
     rows = []
     for (arm, ratio), trials in sorted(groups.items(), key=lambda kv: (kv[0][1], _rank(kv[0][0]))):
-        s, last = _stats([t.final[metric] for t in trials]), trials[0].final
+        s, last = summarize([t.final[metric] for t in trials]), trials[0].final
         rows.append({
             "arm": arm, "ratio": ratio, "lr": _lr(trials[0]), "epochs": int(last.get("epochs_total", 0)),
             f"{metric} %": round(100 * s["mean"], 2), "± std": round(100 * s["std"], 2), "seeds": s["n"],
@@ -239,7 +234,7 @@ def judge(results: list[TrialResult], metric: str, input_shape: list[int]) -> Ve
     groups = _groups(results, metric)
     if not groups:
         return Verdict(None, "Cannot decide: no trial finished.")
-    stats = {key: _stats([t.final[metric] for t in ts]) for key, ts in groups.items()}
+    stats = {key: summarize([t.final[metric] for t in ts]) for key, ts in groups.items()}
     held, lines = _decide(stats)
     lines += _tickets(stats)
     finals = [t.final for ts in groups.values() for t in ts]
