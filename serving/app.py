@@ -74,7 +74,9 @@ class ServeArgs(BaseModel):
     tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI")
     batching: bool = Field(True, description="false: one forward pass per request")
     max_batch_size: int = Field(32, ge=1, le=4096, description="requests per forward pass")
-    batch_wait_timeout_s: float = Field(0.01, ge=0, le=10)
+    # Short: under load, requests that arrive during a forward pass join the next batch
+    # anyway (see ModelServer.infer); the timer only makes a lone request wait for company.
+    batch_wait_timeout_s: float = Field(0.002, ge=0, le=10)
     max_payload_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="413 above this")
     max_batch_items: int = Field(64, ge=1, le=100_000, description="items per request; 413")
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="width x height per image")
@@ -156,7 +158,7 @@ class ModelServer:
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self.pyfunc.predict(batch))
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)  # set per replica in __init__
     async def _batched(self, batches: list[np.ndarray]) -> list[np.ndarray]:
         self._idle.clear()
         try:

@@ -424,10 +424,16 @@ def test_300_requests_at_concurrency_8_without_errors(served) -> None:
         status, answer = _http("POST", f"{served['base']}/predict", body)
         return status, len(answer.get("predictions", []))
 
+    before = _http("GET", f"{served['base']}/metadata")[1]["batching"]
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(call, bodies))
     assert Counter(status for status, _ in results) == {200: 300}
     assert [n for _, n in results] == [len(b["inputs"]) for b in bodies]
+    # Concurrent requests share forward passes (dynamic batching).
+    after = _http("GET", f"{served['base']}/metadata")[1]["batching"]
+    batches = after["batches_run"] - before["batches_run"]
+    assert after["requests_batched"] - before["requests_batched"] == 300
+    assert batches < 300 * 0.8, f"{batches} forward passes for 300 concurrent requests"
 
 
 @pytest.mark.slow

@@ -84,7 +84,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--batch-wait-ms", type=float, metavar="MS",
-        help="longest wait for a batch to fill, in milliseconds (default 10)",
+        help="longest wait for a batch to fill, in milliseconds (default 2)",
     )  # fmt: skip
     p.add_argument(
         "--no-batching", action="store_true", help="one forward pass per request (no batching)"
