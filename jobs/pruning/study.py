@@ -124,6 +124,23 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     ).float().mean().item()
 
 
+def run_epoch(
+    model: nn.Module, opt: torch.optim.Optimizer, lr: float, data: tuple[torch.Tensor, ...],
+    batch_size: int, seed: int, epoch: int, autocast: Any,
+) -> dict[str, float]:  # fmt: skip
+    """Train one epoch at `lr`, then evaluate; `data` is (x, y, x_val, y_val). The order
+    depends on (seed, epoch) only, so a resumed trial replays it exactly."""
+    x, y, xv, yv = data
+    for group in opt.param_groups:
+        group["lr"] = lr
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    with autocast():
+        train_loss, train_acc = train_epoch(model, opt, x, y, batch_size, gen)
+        val_loss, val_acc = evaluate(model, xv, yv)
+    return {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+            "val_acc": val_acc, "lr": lr}  # fmt: skip
+
+
 def tensors(data: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, ...]:
     return tuple(
         torch.as_tensor(data[k], device=device) for k in ("x_train", "y_train", "x_val", "y_val")
@@ -242,9 +259,9 @@ class Pruning(Study):
         if stage != "baseline":
             return super().run_stage(stage, ctx)
         p = Params(**ctx.config)
-        x, y, xv, yv = tensors(ctx.data, ctx.device)
+        data = tensors(ctx.data, ctx.device)
         config = models.model_config(
-            models.base_channels(p.width), list(x.shape[1:]), ctx.data["classes"]
+            models.base_channels(p.width), list(data[0].shape[1:]), ctx.data["classes"]
         )
         model = fresh_model(config, ctx.seed)
         init = {k: v.clone() for k, v in model.state_dict().items()}
@@ -253,14 +270,9 @@ class Pruning(Study):
         val_acc = 0.0
         for epoch in range(p.epochs):
             lr = lr_at(p.lr, epoch, p.epochs)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            gen = torch.Generator().manual_seed(ctx.seed * 100_003 + epoch)
-            with ctx.autocast():
-                train_loss, train_acc = train_epoch(model, opt, x, y, p.batch_size, gen)
-                val_loss, val_acc = evaluate(model, xv, yv)
-            ctx.log({"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-                     "val_acc": val_acc, "lr": lr}, step=epoch)  # fmt: skip
+            metrics = run_epoch(model, opt, lr, data, p.batch_size, ctx.seed, epoch, ctx.autocast)
+            val_acc = metrics["val_acc"]
+            ctx.log(metrics, step=epoch)
         trained = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         return {"init": init, "trained": trained, "model_config": config, "val_acc": float(val_acc)}
 
@@ -269,7 +281,7 @@ class Pruning(Study):
     def train(self, ctx: TrialContext) -> None:
         p: Params = ctx.params
         plan = plan_trial(p, ctx.upstream["baseline"], ctx.seed)
-        x, y, xv, yv = tensors(ctx.data, ctx.device)
+        data = tensors(ctx.data, ctx.device)
         model = models.build(plan.config)
         model.load_state_dict(ctx.state["model"] if ctx.state else plan.weights)
         model = apply_masks(model.to(ctx.device), plan.masks)  # kept through every step
@@ -284,20 +296,10 @@ class Pruning(Study):
         config = {**plan.config, "ratio": p.ratio, "method": p.method, **extra}
         for epoch in range(ctx.start_epoch, plan.epochs):
             lr = lr_at(plan.lr, epoch, plan.epochs) if plan.step_decay else plan.lr
-            for group in opt.param_groups:
-                group["lr"] = lr
-            # the order depends on (seed, epoch) only, so a resumed trial replays it exactly
-            gen = torch.Generator().manual_seed(ctx.seed * 100_003 + epoch)
-            with ctx.autocast():
-                train_loss, train_acc = train_epoch(model, opt, x, y, p.batch_size, gen)
-                val_loss, val_acc = evaluate(model, xv, yv)
-            metrics = {
-                "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-                "val_acc": val_acc, "lr": lr, "epochs_total": plan.epochs,
-                "sparsity": sparsity(model), **plan.facts,
-            }  # fmt: skip
+            metrics = run_epoch(model, opt, lr, data, p.batch_size, ctx.seed, epoch, ctx.autocast)
+            metrics.update(epochs_total=plan.epochs, sparsity=sparsity(model), **plan.facts)
             state = {"model": bake(model), "optimizer": opt.state_dict(), "model_config": config}
-            ctx.report(metrics, state, samples=len(x), progress=(epoch + 1) / plan.epochs)
+            ctx.report(metrics, state, samples=len(data[0]), progress=(epoch + 1) / plan.epochs)
 
     # --- the registered model ---------------------------------------------------------------
 
