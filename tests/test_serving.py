@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -485,19 +486,6 @@ def test_alias_rollover_serves_the_new_version_without_dropping_requests(served,
     assert top["probability"] == pytest.approx(float(expected.max()), abs=1e-5)
 
 
-def _haproxy_pids(text: str = "") -> list[int]:
-    """HAProxy processes (Serve's HTTP ingress) whose command line contains `text`."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv[0].endswith(b"/haproxy") and text.encode() in b" ".join(argv):
-            pids.append(int(entry))
-    return pids
-
-
 def test_serve_shutdown_leaves_no_serve_actors(served) -> None:
     import ray
     from ray import serve
@@ -520,18 +508,35 @@ def test_serve_shutdown_leaves_no_serve_actors(served) -> None:
 # --- the CLI, with its own Ray head --------------------------------------------------------------
 
 
-def _procs_mentioning(text: str) -> list[int]:
+def _pids(match: Callable[[int], bool]) -> list[int]:
+    """Other processes for which `match(pid)` holds (gone or unreadable ones are skipped)."""
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit() and int(entry) != os.getpid():
             try:
-                cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
-                env = Path(f"/proc/{entry}/environ").read_bytes()
+                if match(int(entry)):
+                    pids.append(int(entry))
             except OSError:
                 continue
-            if text.encode() in cmd or text.encode() in env:
-                pids.append(int(entry))
     return pids
+
+
+def _procs_mentioning(text: str) -> list[int]:
+    def mentions(pid: int) -> bool:
+        files = (Path(f"/proc/{pid}/cmdline"), Path(f"/proc/{pid}/environ"))
+        return any(text.encode() in f.read_bytes() for f in files)
+
+    return _pids(mentions)
+
+
+def _haproxy_pids(text: str = "") -> list[int]:
+    """HAProxy processes (Serve's HTTP ingress) whose command line contains `text`."""
+
+    def is_haproxy(pid: int) -> bool:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        return argv[0].endswith(b"/haproxy") and text.encode() in b" ".join(argv)
+
+    return _pids(is_haproxy)
 
 
 @pytest.mark.slow
