@@ -134,7 +134,7 @@ def register(root: Path, widths: list[int], depth: int, size: int) -> tuple[str,
         run_id = client.create_run(exp).info.run_id
         with _use_tracking_uri(uri):
             tags = {"skeptic.verdict": "bench"}
-            versions.append(register_champion(study, state, {"width": width}, run_id, tags))
+            versions.append(register_champion(study, state, {"width": width}, run_id, tags).version)
         client.set_terminated(run_id)
     return uri, versions
 

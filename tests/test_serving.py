@@ -112,7 +112,7 @@ def _register(uri: str, artifacts: Path, seed: int, verdict: str) -> tuple[str, 
         "skeptic.val_acc": "0.5",
     }
     with _use_tracking_uri(uri):
-        version = register_champion(study, state, {"seed": seed}, run_id, tags)
+        version = register_champion(study, state, {"seed": seed}, run_id, tags).version
     client.set_terminated(run_id)
     return version, model.eval()
 

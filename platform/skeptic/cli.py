@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+import traceback
 from pathlib import Path
 
 # No outbound calls, ever: set before ray / mlflow / transformers are imported.
@@ -50,8 +53,20 @@ def _print_outcome(outcome: object) -> None:
     print(textwrap.indent(outcome.verdict.summary, "  "))
     print(f"report:  {outcome.report}")
     print(f"mlflow:  parent run {outcome.parent_run_id} (skeptic ui to browse)")
-    if outcome.champion_version:
-        print(f"model:   models:/{outcome.study}@champion (version {outcome.champion_version})")
+    registered = outcome.registration
+    if registered is None:
+        print("model:   none registered (no eligible trial with a checkpoint)")
+    elif registered.moved:
+        print(
+            f"model:   models:/{outcome.study}@champion is now version {registered.version}"
+            f" ({registered.reason})"
+        )
+    else:
+        print(
+            f"model:   registered as models:/{outcome.study}/{registered.version}; the champion"
+            f" stays version {registered.champion} ({registered.reason}; --register latest"
+            " moves it anyway)"
+        )
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -72,6 +87,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         storage=args.storage,
         verbose=args.verbose,
         command=command,
+        register=args.register,
     )
     _print_outcome(outcome)
     return 0
@@ -81,8 +97,9 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     from skeptic.runner import resume_sweep
 
     outcome = resume_sweep(
-        args.sweep_id, storage=args.storage, address=args.address, verbose=args.verbose
-    )
+        args.sweep_id, storage=args.storage, address=args.address, verbose=args.verbose,
+        register=args.register,
+    )  # fmt: skip
     _print_outcome(outcome)
     return 0
 
@@ -187,6 +204,14 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="show Tune's own progress table")
 
 
+def _add_register(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--register", choices=("best", "latest"), default="best",
+        help="move the study's champion alias to this sweep's best trial only if it is at "
+        "least as good as the current champion (best, the default) or always (latest)",
+    )  # fmt: skip
+
+
 def _add_job_args(p: argparse.ArgumentParser, job: bool = True) -> None:
     p.add_argument(
         "--address", help="Ray dashboard address, http://HEAD:8265 (default $RAY_ADDRESS)"
@@ -226,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Ray cluster to run on, e.g. ray://HEAD:10001 or auto (default: in-process)",
     )
     _add_tracking(p)
+    _add_register(p)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("resume", help="finish an interrupted sweep (only its unfinished trials)")
@@ -233,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="the --storage the sweep ran with (default ./skeptic-runs)")
     p.add_argument("--address", help="Ray cluster to run on (default: in-process)")
     p.add_argument("--verbose", action="store_true", help="show Tune's own progress table")
+    _add_register(p)
     p.set_defaults(func=_cmd_resume)
 
     p = sub.add_parser("submit", help="submit `skeptic run` to a Ray cluster as a Ray job")
@@ -280,20 +307,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside a sweep (a sweep turns it into a clean stop of its own)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _user_error(err: Exception) -> str | None:
+    """The one line to show for a mistake in the user's input or set-up; None for a bug."""
+    from mlflow.exceptions import MlflowException
+    from ray.exceptions import AuthenticationError
+
+    from skeptic.spec import SpecError
+    from skeptic.study import UnknownStudy
+
+    if isinstance(err, SpecError | UnknownStudy):
+        return str(err)
+    if isinstance(err, AuthenticationError):
+        return f"the Ray cluster refused this client: {str(err).splitlines()[0]}"
+    if isinstance(err, ConnectionError):
+        return f"cannot connect: {err}"
+    if isinstance(err, MlflowException):
+        return f"MLflow: {err.message.splitlines()[0]}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     args.argv = argv
-    from skeptic.spec import SpecError
-    from skeptic.study import SweepFailed, UnknownStudy
+    debug = os.environ.get("SKEPTIC_DEBUG") == "1" or getattr(args, "verbose", False)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
+    from skeptic.interrupt import Interrupted
+    from skeptic.study import SweepFailed
 
     try:
         return args.func(args)
-    except (SpecError, UnknownStudy) as err:
-        print(f"skeptic: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except Interrupted as err:
+        print(f"skeptic: {err}", file=sys.stderr)
+        return err.exit_status
+    except KeyboardInterrupt as err:
+        print("\nskeptic: interrupted", file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130
     except SweepFailed as err:
         print(f"skeptic: sweep failed: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:  # noqa: BLE001  (no raw traceback for any error; see below)
+        if debug:
+            traceback.print_exc()
+        message = _user_error(err)
+        if message is not None:
+            print(f"skeptic: error: {message}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        hint = "" if debug else " (SKEPTIC_DEBUG=1 shows the traceback)"
+        print(f"skeptic: internal error: {type(err).__name__}: {err}{hint}", file=sys.stderr)
         return 1

@@ -32,20 +32,28 @@ class Progress(Callback):
         self.best: float | None = None
         self.best_trial = ""
         self.progress: dict[str, float] = {}  # trial id -> fraction of its epochs done
+        # Trials that really ended. Not Tune's TERMINATED status: a stopped sweep marks its
+        # running trials TERMINATED too, and they are not done.
+        self.ended: set[str] | None = None
         self.last_print = 0.0
 
     def setup(self, **info) -> None:
         # Also called when a sweep is resumed: the clock restarts then.
         self.start = time.monotonic()
+        self.ended = None
 
     def _better(self, value: float) -> bool:
         if self.best is None:
             return True
         return value > self.best if self.mode == "max" else value < self.best
 
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        if self.ended is None:  # a resumed sweep: trials that ended before it was stopped
+            self.ended = {t.trial_id for t in trials if t.status == "TERMINATED"}
+
     def _line(self, trials: list) -> str:
-        # Counted from the trials' states, not from events, so a resumed sweep counts right.
-        done = sum(t.status == "TERMINATED" for t in trials)
+        ended = self.ended or set()
+        done = sum(t.trial_id in ended for t in trials)
         failed = sum(t.status == "ERROR" for t in trials)
         running = sum(t.status == "RUNNING" for t in trials)
         pending = self.total - done - failed - running
@@ -83,6 +91,7 @@ class Progress(Callback):
         self._print(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.ended = (self.ended or set()) | {trial.trial_id}
         self._print(trials, force=not self.tty)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:

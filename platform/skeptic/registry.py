@@ -6,15 +6,18 @@ import importlib.metadata
 import json
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from safetensors.torch import save_file
 
 from skeptic.study import Study
+from skeptic.tracking import store_lock
 
 CHAMPION = "champion"
 CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -26,15 +29,35 @@ def _requirements() -> list[str]:
     return [f"{n}=={importlib.metadata.version(n)}" for n in names]
 
 
+POLICIES = ("best", "latest")
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A registered model version and what became of the `champion` alias."""
+
+    version: str
+    champion: str | None  # the version the alias points at now
+    reason: str  # why the alias moved or stayed, for the user
+
+    @property
+    def moved(self) -> bool:
+        return self.champion == self.version
+
+
 def register_champion(
     study: Study,
     state: dict[str, Any],
     params: dict[str, Any],
     run_id: str,
     tags: dict[str, str],
-) -> str:
+    score: float | None = None,
+    policy: str = "best",
+) -> Registration:
     """Log the weights + builder config (from a checkpointed `state`) under the trial's
-    run, register it, point the `champion` alias at it, and return the new version."""
+    run and register it as a new version. The `champion` alias moves to it when `score`
+    (the study's metric) is at least as good as the current champion's, or always with
+    policy "latest"; concurrent sweeps on one SQLite store take turns (store_lock)."""
     config, state_dict = state["model_config"], state["model"]
     model = study.build_model(config)
     model.load_state_dict(state_dict)
@@ -63,7 +86,42 @@ def register_champion(
             )
     version = str(info.registered_model_version)
     client = MlflowClient()
-    client.set_registered_model_alias(study.name, CHAMPION, version)
     for key, value in tags.items():
         client.set_model_version_tag(study.name, version, key, value)
-    return version
+    if score is not None:
+        client.set_model_version_tag(study.name, version, score_tag(study), f"{score:.6g}")
+    with store_lock(mlflow.get_tracking_uri()):
+        move, reason = _should_move(client, study, score, policy)
+        if move:
+            client.set_registered_model_alias(study.name, CHAMPION, version)
+    champion = version if move else _current(client, study.name).version
+    return Registration(version, champion, reason)
+
+
+def score_tag(study: Study) -> str:
+    """The model-version tag holding the study's metric of that version's trial."""
+    return f"skeptic.{study.metric}"
+
+
+def _current(client: MlflowClient, name: str) -> Any | None:
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def _should_move(
+    client: MlflowClient, study: Study, score: float | None, policy: str
+) -> tuple[bool, str]:
+    current = _current(client, study.name)
+    if current is None:
+        return True, "the first champion"
+    if policy == "latest":
+        return True, f"--register latest (was version {current.version})"
+    held = current.tags.get(score_tag(study))
+    if score is None or held is None:
+        return True, f"no {study.metric} to compare with version {current.version}"
+    held_score = float(held)
+    better = score >= held_score if study.mode == "max" else score <= held_score
+    compare = f"{study.metric} {score:.4g} vs {held_score:.4g} of version {current.version}"
+    return better, compare

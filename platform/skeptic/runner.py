@@ -11,9 +11,8 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import signal
-import sys
-import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -29,8 +28,9 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
 from skeptic import tracking
+from skeptic.interrupt import Interrupted, StopOnSignal
 from skeptic.progress import Progress
-from skeptic.registry import register_champion
+from skeptic.registry import Registration, register_champion
 from skeptic.report import write_report
 from skeptic.spec import Dim, Spec, SpecError, count_trials, grid_points, validate_spec
 from skeptic.stages import (
@@ -55,7 +55,7 @@ class SweepOutcome:
     verdict: Verdict
     report: Path
     results: list[TrialResult]
-    champion_version: str | None
+    registration: Registration | None  # the best trial's model version, if any
 
 
 # ---- planning ----------------------------------------------------------------
@@ -204,6 +204,10 @@ def _tuner(
     ]
     if not verbose:
         logging.getLogger("ray.tune").setLevel(logging.WARNING)
+        # Its stop messages name Tuner.restore; skeptic prints its own resume command.
+        logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
+        # After a stop it warns about the trials that never reported; the runner counts them.
+        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
         callbacks.append(Progress(count_trials(spec), study.metric, study.mode))
     if restore:
         return tune.Tuner.restore(str(folder), trainable, resume_errored=True)
@@ -274,17 +278,16 @@ def _best(study: Study, collected: list[tuple[TrialResult, Any]]) -> tuple[Trial
     return max(usable, key=lambda tr: sign * tr[0].final[study.metric])
 
 
-def _champion(study: Study, best: tuple[TrialResult, Any], sweep_id: str, verdict: Verdict) -> str:
+def _champion(
+    study: Study, best: tuple[TrialResult, Any], sweep_id: str, verdict: Verdict, policy: str
+) -> Registration:
     trial, result = best
     with result.checkpoint.as_directory() as path:
         state = torch.load(Path(path) / STATE_FILE, weights_only=True, map_location="cpu")["state"]
     params = {k: v for k, v in trial.params.items() if k in study.Params.model_fields}
-    tags = {
-        "skeptic.sweep_id": sweep_id,
-        "skeptic.verdict": verdict.label,
-        f"skeptic.{study.metric}": f"{trial.final[study.metric]:.6g}",
-    }
-    return register_champion(study, state, params, trial.run_id, tags)
+    tags = {"skeptic.sweep_id": sweep_id, "skeptic.verdict": verdict.label}
+    score = trial.final[study.metric]
+    return register_champion(study, state, params, trial.run_id, tags, score, policy)
 
 
 @dataclass
@@ -326,16 +329,17 @@ def run_sweep(
     storage: str | None = None,
     verbose: bool = False,
     command: str = "",
+    register: str = "best",
 ) -> SweepOutcome:
     """Validate resources, prepare data once, open the parent run, run every trial, judge, register."""
     check_gpu_request(spec, address)
     check_stage_fields(study, spec)
     uri = tracking.resolve_tracking_uri(tracking_uri)
-    client = MlflowClient(uri)
     sweep_id = f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     folder = Path(storage or DEFAULT_STORAGE).resolve() / study.name / sweep_id
     print(f"sweep {sweep_id}: {count_trials(spec)} trials; preparing data", flush=True)
     data = study.prepare_data(spec)
+    client = tracking.open_store(uri)
     experiment_id = tracking.ensure_experiment(client, study.name, uri)
     parent = tracking.start_parent_run(
         client, experiment_id, sweep_id, spec, data_hash(data), count_trials(spec)
@@ -345,95 +349,127 @@ def run_sweep(
         str(folder), command,
     )  # fmt: skip
     record.save()
-    return _execute(study, spec, record, data, address, verbose, restore=False)
+    return _execute(study, spec, record, data, address, verbose, register, restore=False)
 
 
 def resume_sweep(
-    sweep_id: str, *, storage: str | None = None, address: str | None = None, verbose: bool = False
-) -> SweepOutcome:
-    """Finish an interrupted sweep: only unfinished trials run, into the same MLflow runs."""
+    sweep_id: str, *, storage: str | None = None, address: str | None = None,
+    verbose: bool = False, register: str = "best",
+) -> SweepOutcome:  # fmt: skip
+    """Finish an interrupted sweep: only unfinished trials run, into the same MLflow runs;
+    then the whole sweep is judged again and its best trial registered."""
     record = SweepRecord.find(sweep_id, storage)
     study = get_study(record.study)
     spec = validate_spec(record.spec, study.Params)
-    client = MlflowClient(record.tracking_uri)
+    client = tracking.open_store(record.tracking_uri)
     print(f"resuming sweep {sweep_id}; preparing data", flush=True)
     data = study.prepare_data(spec)
     recorded = client.get_run(record.parent_run_id).data.tags.get("skeptic.data_hash")
     if recorded != data_hash(data):
         raise SpecError(f"sweep {sweep_id}: the data differs from the data it started with")
     client.update_run(record.parent_run_id, status="RUNNING")
-    return _execute(study, spec, record, data, address, verbose, restore=True)
+    return _execute(study, spec, record, data, address, verbose, register, restore=True)
 
 
 def _execute(
     study: Study, spec: Spec, record: SweepRecord, data: dict, address: str | None,
-    verbose: bool, restore: bool,
+    verbose: bool, register: str, restore: bool,
 ) -> SweepOutcome:  # fmt: skip
     client = MlflowClient(record.tracking_uri)
     tracking.set_active_uri(record.tracking_uri)
-    status = "FAILED"
-    terminated = []
 
-    def terminate(signum: int, frame: Any) -> None:
-        # `ray job stop` and Kubernetes send SIGTERM and kill soon after: close the runs first.
-        terminated.append(signum)
+    def close_killed() -> None:
         tracking.close_sweep(client, record.experiment_id, record.parent_run_id, "KILLED")
-        raise KeyboardInterrupt
 
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = None
-    try:
-        init_ray(address)
-        if main_thread:  # after ray.init, which installs a SIGTERM handler of its own
-            previous = signal.signal(signal.SIGTERM, terminate)
-        data_ref = ray.put(data)
-        salt = data_hash(data)[:16] + code_hash(study)
-        stage_setup = StageSetup(
-            spec, record.tracking_uri, record.experiment_id, record.parent_run_id
+    init_ray(address)  # before our handlers: ray.init installs a SIGTERM handler of its own
+    status = "FAILED"
+    with StopOnSignal(close_killed) as stop:
+        try:
+            grid = _run_trials(study, spec, record, data, verbose, restore, stop)
+            if stop.signum is None:
+                _check_judgeable(grid, client, record, count_trials(spec))
+                outcome = _judge_and_register(study, spec, record, client, grid, register)
+                status = "FINISHED"
+                return outcome
+        except KeyboardInterrupt:
+            stop.signum = stop.signum or signal.SIGINT
+        except Exception:
+            if stop.signum is None:
+                raise  # a real failure; an error while stopping is part of the stop
+        finally:
+            tracking.close_sweep(
+                client, record.experiment_id, record.parent_run_id,
+                "KILLED" if stop.signum else status,
+            )  # fmt: skip
+    finished = _finished_trials(client, record)
+    raise Interrupted(stop.signum, finished, count_trials(spec), resume_command(record))
+
+
+def _run_trials(
+    study: Study, spec: Spec, record: SweepRecord, data: dict, verbose: bool, restore: bool,
+    stop: StopOnSignal,
+) -> Any:  # fmt: skip
+    """The shared stages, then every trial on Tune; returns Tune's ResultGrid."""
+    client = MlflowClient(record.tracking_uri)
+    data_ref = ray.put(data)
+    salt = data_hash(data)[:16] + code_hash(study)
+    stage_setup = StageSetup(spec, record.tracking_uri, record.experiment_id, record.parent_run_id)
+    shared = (
+        run_stages(study, spec, stage_setup, data_ref, salt)
+        if spec.sweep.share_stages
+        else StageResults()
+    )
+    if shared.reused:
+        client.set_tag(record.parent_run_id, "skeptic.stages_reused", str(shared.reused))
+    setup = TrialSetup(
+        spec, record.tracking_uri, record.experiment_id, record.parent_run_id, swept_names(spec),
+        salt, shared,
+    )  # fmt: skip
+    tuner = _tuner(study, spec, setup, data_ref, Path(record.folder), verbose, restore)
+    with stop.tune_running():
+        return tuner.fit()
+
+
+def _trial_runs(client: MlflowClient, record: SweepRecord) -> list[Any]:
+    """The sweep's trial runs in MLflow (its stage runs are children too, tagged apart)."""
+    runs = client.search_runs(
+        [record.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{record.parent_run_id}'",
+        max_results=10_000,
+    )
+    return [r for r in runs if "skeptic.stage" not in r.data.tags]
+
+
+def _finished_trials(client: MlflowClient, record: SweepRecord) -> int:
+    return sum(
+        r.data.tags.get("skeptic.outcome") in ("completed", "stopped_early", "failed")
+        for r in _trial_runs(client, record)
+    )
+
+
+def _check_judgeable(grid: Any, client: MlflowClient, record: SweepRecord, total: int) -> None:
+    """Judge only a whole sweep (Tune can return with trials it never started) with at
+    least one trial that did not fail."""
+    finished = _finished_trials(client, record)
+    if len(grid) < total or finished < total:
+        raise SweepFailed(
+            f"only {finished} of {total} trials finished; continue with: {resume_command(record)}"
         )
-        shared = (
-            run_stages(study, spec, stage_setup, data_ref, salt)
-            if spec.sweep.share_stages
-            else StageResults()
-        )
-        if shared.reused:
-            client.set_tag(record.parent_run_id, "skeptic.stages_reused", str(shared.reused))
-        setup = TrialSetup(
-            spec, record.tracking_uri, record.experiment_id, record.parent_run_id, swept_names(spec),
-            salt, shared,
-        )  # fmt: skip
-        tuner = _tuner(study, spec, setup, data_ref, Path(record.folder), verbose, restore)
-        grid = tuner.fit()
-        if _unfinished(grid):
-            status = "KILLED"
-            print(
-                f"\ninterrupted; continue with: skeptic resume {record.sweep_id}", file=sys.stderr
-            )
-            raise KeyboardInterrupt
-        if all(r.error for r in grid):
-            raise SweepFailed(f"every trial failed; first error: {grid[0].error}")
-        outcome = _judge_and_register(study, spec, record, client, grid)
-        status = "FINISHED"
-        return outcome
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        # Tune may turn the interrupt into another error: a SIGTERM still means KILLED.
-        status = "KILLED" if terminated else status
-        tracking.close_sweep(client, record.experiment_id, record.parent_run_id, status)
+    if all(r.error for r in grid):
+        raise SweepFailed(f"every trial failed; first error: {grid[0].error}")
 
 
-def _unfinished(grid: Any) -> bool:
-    # Tune returns normally after Ctrl-C with some trials not terminated.
-    trials = grid._experiment_analysis.trials
-    return any(t.status not in ("TERMINATED", "ERROR") for t in trials)
+def resume_command(record: SweepRecord) -> str:
+    """The exact command that finishes this sweep."""
+    root = Path(record.folder).parent.parent
+    command = f"skeptic resume {record.sweep_id}"
+    if root != Path(DEFAULT_STORAGE).resolve():
+        command += f" --storage {shlex.quote(str(root))}"
+    return command
 
 
 def _judge_and_register(
-    study: Study, spec: Spec, record: SweepRecord, client: MlflowClient, grid: Any
+    study: Study, spec: Spec, record: SweepRecord, client: MlflowClient, grid: Any, register: str
 ) -> SweepOutcome:
     parent = record.parent_run_id
     collected = _collect(grid, client, record.experiment_id, parent)
@@ -447,10 +483,10 @@ def _judge_and_register(
     client.log_artifacts(parent, str(report.parent), artifact_path="report")
     client.set_tag(parent, "skeptic.verdict", verdict.label)
     client.set_tag(parent, "skeptic.verdict_summary", verdict.summary[:4000])
-    version = client.get_run(parent).data.tags.get("skeptic.champion_version")
     best = _best(study, collected)
-    if best and version is None:  # a resumed sweep that had registered already keeps its version
-        version = _champion(study, best, record.sweep_id, verdict)
-        client.set_tag(parent, "skeptic.champion_version", version)
+    registration = None
+    if best:
+        registration = _champion(study, best, record.sweep_id, verdict, register)
+        client.set_tag(parent, "skeptic.champion_version", registration.version)
         client.set_tag(parent, "skeptic.champion_run_id", best[0].run_id)
-    return SweepOutcome(study.name, record.sweep_id, parent, verdict, report, results, version)
+    return SweepOutcome(study.name, record.sweep_id, parent, verdict, report, results, registration)

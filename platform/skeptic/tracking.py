@@ -3,18 +3,22 @@ and a Tune callback that gives every child run a truthful final status."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
-import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import yaml
+from filelock import FileLock
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from skeptic import provenance
 from skeptic.spec import Spec
 
 DEFAULT_DB = "mlflow.db"
@@ -33,25 +37,55 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a SQLite tracking URI, else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///")).resolve()
+
+
+def artifacts_root(uri: str) -> Path | None:
+    """Where a local SQLite store's artifacts live: beside the database file (not in the
+    current directory, which for a Ray job is a temporary folder)."""
+    db = sqlite_path(uri)
+    return db.parent / DEFAULT_ARTIFACTS if db else None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialise, across processes, what two sweeps on one SQLite store must not do at once:
+    MLflow creating a new store's tables ("duplicate column name") and moving an alias."""
+    db = sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(db) + ".lock", timeout=120):
+        yield
+
+
+def open_store(uri: str) -> MlflowClient:
+    """A client whose store (runs and model registry) exists, created under store_lock."""
+    client = MlflowClient(uri)
+    with store_lock(uri):
+        client.search_experiments(max_results=1)
+        client.search_registered_models(max_results=1)
+    return client
+
+
 def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
-    """The experiment for a study; on a local SQLite store its artifacts go in ./mlartifacts."""
+    """The experiment for a study; on a local SQLite store its artifacts go beside the DB."""
     existing = client.get_experiment_by_name(name)
     if existing is not None:
         return existing.experiment_id
-    location = None
-    if tracking_uri.startswith("sqlite:"):
-        location = Path(DEFAULT_ARTIFACTS).resolve().as_uri()
-    return client.create_experiment(name, artifact_location=location)
-
-
-def _git(*args: str) -> str:
+    root = artifacts_root(tracking_uri)
     try:
-        done = subprocess.run(
-            ["git", *args], capture_output=True, text=True, timeout=20, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return done.stdout if done.returncode == 0 else ""
+        return client.create_experiment(name, artifact_location=root and root.as_uri())
+    except MlflowException:  # another sweep created it a moment ago
+        existing = client.get_experiment_by_name(name)
+        if existing is None:
+            raise
+        return existing.experiment_id
 
 
 def package_versions() -> dict[str, str]:
@@ -73,17 +107,19 @@ def start_parent_run(
     n_trials: int,
 ) -> str:
     """Create the sweep's parent run and record everything needed to reproduce it."""
-    commit = _git("rev-parse", "HEAD").strip()
-    diff = _git("diff", "HEAD")
+    code = provenance.collect()
     tags = {
         "skeptic.study": spec.study,
         "skeptic.sweep_id": sweep_id,
         "skeptic.kind": "sweep",
-        "skeptic.git_commit": commit or "unknown",
-        "skeptic.git_dirty": str(bool(diff.strip())).lower(),
+        "skeptic.version": code.version,
+        "skeptic.git_commit": code.commit,
+        "skeptic.git_dirty": str(code.dirty).lower(),
+        "skeptic.code_source": code.source,
         "skeptic.data_hash": data_hash,
-        "mlflow.source.git.commit": commit,
     }
+    if code.commit != "unknown":
+        tags["mlflow.source.git.commit"] = code.commit
     run = client.create_run(experiment_id, run_name=sweep_id, tags=tags)
     run_id = run.info.run_id
     client.log_param(run_id, "n_trials", n_trials)
@@ -94,8 +130,8 @@ def start_parent_run(
             "spec.yaml": yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False),
             "packages.yaml": yaml.safe_dump(package_versions()),
         }
-        if diff.strip():
-            files["git.diff"] = diff
+        if code.diff.strip():
+            files["skeptic.diff"] = code.diff  # Skeptic's own uncommitted changes only
         for name, text in files.items():
             (Path(tmp) / name).write_text(text)
             client.log_artifact(run_id, str(Path(tmp) / name), artifact_path="reproduce")
