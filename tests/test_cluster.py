@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -46,12 +47,9 @@ def _kill_matching(needle: str) -> None:
         time.sleep(0.5)
 
 
-@pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
-    temp = Path(subprocess.check_output(["mktemp", "-d", "/tmp/skh-XXXX"], text=True).strip())
+def _head_command(temp: Path) -> tuple[list[str], str]:
+    """`ray start --head` on loopback, every port its own; and its dashboard address."""
     dashboard = _free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}"}
-    env.pop("RAY_ADDRESS", None)
     cmd = [
         str(BIN / "ray"), "start", "--head", f"--port={_free_port()}", "--node-ip-address=127.0.0.1",
         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
@@ -61,9 +59,37 @@ def ray_head(tmp_path_factory):
         f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}",
         "--disable-usage-stats",
     ]  # fmt: skip
+    return cmd, f"http://127.0.0.1:{dashboard}"
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    temp = Path(subprocess.check_output(["mktemp", "-d", "/tmp/skh-XXXX"], text=True).strip())
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    cmd, address = _head_command(temp)
     try:
         subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=120)
-        yield f"http://127.0.0.1:{dashboard}"
+        yield address
+    finally:
+        _kill_matching(str(temp))
+
+
+@pytest.fixture(scope="module")
+def token_head(tmp_path_factory):
+    """A head started the default way (no RAY_AUTH_MODE) by a user who has a token in
+    ~/.ray/auth_token: Ray turns token authentication on. Yields (address, that HOME)."""
+    home = tmp_path_factory.mktemp("home")
+    (home / ".ray").mkdir()
+    (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
+    temp = Path(subprocess.check_output(["mktemp", "-d", "/tmp/skt-XXXX"], text=True).strip())
+    env = {**os.environ, "HOME": str(home), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
+        env.pop(key, None)
+    cmd, address = _head_command(temp)
+    try:
+        subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=120)
+        yield address, home
     finally:
         _kill_matching(str(temp))
 
@@ -136,6 +162,9 @@ def test_submitted_smoke_study_is_tracked_on_the_server(ray_head, mlflow_server,
     assert version.run_id in {c.info.run_id for c in children}
     assert list(artifacts.rglob("report.md")), "the report must land in the server's artifact store"
     assert list(artifacts.rglob("weights.safetensors")), "the champion must land on the server"
+    from skeptic import provenance
+
+    assert parents[0].data.tags["skeptic.git_commit"] == provenance.collect().commit  # this side's
     assert main(["status", job_id, "--address", ray_head]) == 0
     assert "SUCCEEDED" in capsys.readouterr().out
     assert main(["jobs", "--address", ray_head]) == 0
@@ -178,3 +207,56 @@ def main_jobs(head: str) -> list:
     from ray.job_submission import JobSubmissionClient
 
     return JobSubmissionClient(head).list_jobs()
+
+
+def _skeptic(*args: str, home: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HOME": str(home)}
+    for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
+        env.pop(key, None)
+    return subprocess.run([sys.executable, "-m", "skeptic", *args], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)  # fmt: skip
+
+
+def test_a_default_token_auth_head_is_used_with_the_local_token(token_head, tmp_path):
+    address, home = token_head
+    done = _skeptic("jobs", "--address", address, home=home)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+
+    elsewhere = tmp_path / "no-token"  # a client without the cluster's token
+    elsewhere.mkdir()
+    done = _skeptic("jobs", "--address", address, home=elsewhere)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().startswith("skeptic: error: --address:")
+    assert "RAY_AUTH_TOKEN_PATH" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (["--tracking-uri", "sqlite:///mlflow.db"], "--tracking-uri"),  # a file on this machine
+        (["--tracking-uri", "http://127.0.0.1:5000", "--storage", "runs"], "--storage"),
+    ],
+)
+def test_a_job_on_a_remote_cluster_refuses_places_it_cannot_share(extra, named, capsys):
+    remote = "http://10.255.255.1:8265"  # never contacted: refused before anything is sent
+    assert main(["submit", "large_batch", "--smoke", "--address", remote, *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"skeptic: error: {named}") and "Traceback" not in err
+
+
+def test_a_ray_job_with_a_temporary_working_dir_refuses_a_store_inside_it(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)  # as a Ray job's unpacked working_dir
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", '{"runtime_env": {"working_dir": "gcs://x.zip"}}')
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["run", "large_batch", "--smoke", "--dry-run"]) == 2
+    assert "skeptic: error: --tracking-uri:" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists()
+    outside = f"sqlite:///{tmp_path.parent / 'kept.db'}"
+    assert main(["run", "large_batch", "--smoke", "--dry-run", "--tracking-uri", outside]) == 2
+    assert "skeptic: error: --storage:" in capsys.readouterr().err
+    assert main(["run", "large_batch", "--smoke", "--dry-run", "--tracking-uri", outside,
+                 "--storage", str(tmp_path.parent / "runs")]) == 0  # fmt: skip

@@ -71,6 +71,10 @@ def _print_outcome(outcome: object) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     study, spec = _load(args)
+    from skeptic.cluster import check_run_locations
+    from skeptic.tracking import resolve_tracking_uri
+
+    check_run_locations(resolve_tracking_uri(args.tracking_uri), args.storage)
     if args.dry_run:
         from skeptic.runner import describe_plan
 
@@ -110,17 +114,18 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
     _, spec = _load(args)
     uri = resolve_tracking_uri(args.tracking_uri)
-    if not uri.startswith(("http://", "https://")):
-        print(
-            f"warning: tracking URI {uri} is local to each machine; use an MLflow server",
-            file=sys.stderr,
-        )
+    address = cluster.cluster_address(args.address)
+    cluster.check_job_locations(address, uri, args.storage)
     job_id = cluster.submit(
-        spec, address=args.address, tracking_uri=uri, storage=args.storage, verbose=args.verbose
+        spec, address=address, tracking_uri=uri, storage=args.storage, verbose=args.verbose
     )
-    print(f"submitted job {job_id} to {cluster.cluster_address(args.address)}")
+    print(f"submitted job {job_id} to {address}")
     print(f"follow it:  skeptic logs {job_id} --follow")
     print(f"runs:       {uri}  (experiment {spec.study})")
+    print(
+        f"sweeps:     {args.storage or cluster.DEFAULT_JOB_STORAGE} on the cluster's head node"
+        " (Tune's results and checkpoints, the report)"
+    )
     return 0
 
 

@@ -8,20 +8,28 @@ validated here.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import shlex
 import shutil
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from skeptic import provenance, tracking
 from skeptic.spec import Spec, SpecError
 
 SPEC_NAME = "skeptic-spec.yaml"
+PROVENANCE_NAME = "skeptic-provenance.json"
+DEFAULT_JOB_STORAGE = "$HOME/skeptic-runs"  # expanded by the job's shell on the head
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray in a job's driver
 STAGED_PACKAGES = ("jobs", "serving")
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "*.egg-info")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -38,13 +46,49 @@ def cluster_address(address: str | None) -> str:
 
 
 def job_client(address: str | None) -> Any:
+    """A Jobs API client for the cluster; on a token-auth cluster it uses the local token."""
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     address = cluster_address(address)
+    for attempt in range(2):
+        try:
+            return JobSubmissionClient(address)
+        except AuthenticationError as err:
+            # `ray start --head` turns token auth on when ~/.ray/auth_token exists, while a
+            # client leaves it off unless RAY_AUTH_MODE says so: use the token if there is one.
+            if attempt or not _use_local_token():
+                raise SpecError(_auth_help(address, err)) from None
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise SpecError(f"--address: cannot reach the Ray cluster at {address}: {err}") from None
+    raise AssertionError("unreachable")
+
+
+def _use_local_token() -> bool:
+    """Turn on token auth for this process if RAY_AUTH_MODE is unset and a token exists
+    (~/.ray/auth_token or $RAY_AUTH_TOKEN_PATH); Ray's own rule for `ray start`."""
+    from ray._private.authentication.authentication_token_setup import (
+        maybe_enable_token_auth_if_token_available,
+    )
+
+    if os.environ.get("RAY_AUTH_MODE"):
+        return False
+    quiet = logging.getLogger(maybe_enable_token_auth_if_token_available.__module__)
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # it warns that auth is on, which is what we asked for
     try:
-        return JobSubmissionClient(address)
-    except (ConnectionError, RuntimeError, ValueError) as err:
-        raise SpecError(f"--address: cannot reach the Ray cluster at {address}: {err}") from None
+        return maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    finally:
+        quiet.setLevel(level)
+
+
+def _auth_help(address: str, err: Exception) -> str:
+    first = str(err).strip().splitlines()[0]
+    return (
+        f"--address: the Ray cluster at {address} wants an authentication token ({first}); "
+        "put the cluster's token (`ray get-auth-token` on the head prints it) in "
+        "~/.ray/auth_token, or set RAY_AUTH_TOKEN_PATH=FILE"
+    )
 
 
 def check_tracking_server(uri: str) -> None:
@@ -69,10 +113,57 @@ def _package_dir(name: str) -> Path:
 
 
 def stage(spec: Spec, folder: Path) -> None:
-    """The job's working_dir: the study and serving packages, and the resolved spec."""
+    """The job's working_dir: the study and serving packages, the resolved spec, and the
+    provenance of the code (the job's copy has no .git to read it from)."""
     for name in STAGED_PACKAGES:
         shutil.copytree(_package_dir(name), folder / name, ignore=IGNORED)
     (folder / SPEC_NAME).write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    provenance.collect().save(folder / PROVENANCE_NAME)
+
+
+def _is_loopback(address: str) -> bool:
+    host = urllib.parse.urlsplit(address if "://" in address else f"//{address}").hostname
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def check_job_locations(address: str, tracking_uri: str, storage: str | None) -> None:
+    """Refuse places a job on `address` cannot share with this machine. A SQLite or file
+    store is a file here: a job on another machine would write a database of its own
+    there, seen by nobody."""
+    if not tracking_uri.startswith(("http://", "https://")) and not _is_loopback(address):
+        raise SpecError(
+            f"--tracking-uri: {tracking_uri} is a file on this machine, but the job runs on the "
+            f"cluster at {address}; run an MLflow server both can reach (skeptic mlflow-server "
+            "--host 0.0.0.0) and give --tracking-uri http://HOST:5000"
+        )
+    if storage and not Path(storage).is_absolute() and not storage.startswith("$"):
+        raise SpecError(
+            f"--storage {storage}: give an absolute path on the cluster's head (a relative one "
+            "would land in the job's temporary working directory)"
+        )
+
+
+def check_run_locations(tracking_uri: str, storage: str | None) -> None:
+    """`skeptic run` as a Ray job with a working_dir (`ray job submit --working-dir .`) runs
+    in a temporary folder: refuse results (a SQLite store, its artifacts, the sweep
+    folders) that would be written into it and deleted with it."""
+    job_config = json.loads(os.environ.get(JOB_CONFIG_ENV, "{}") or "{}")
+    if not job_config.get("runtime_env", {}).get("working_dir"):
+        return
+    here = Path.cwd().resolve()
+    db = tracking.sqlite_path(tracking_uri)
+    if db is not None and db.is_relative_to(here):
+        raise SpecError(
+            f"--tracking-uri: {tracking_uri} lies in this Ray job's temporary working directory "
+            f"{here}, which is deleted with the job; give an MLflow server "
+            "(--tracking-uri http://HOST:5000) or an absolute sqlite://// path outside it"
+        )
+    folder = Path(storage or "skeptic-runs").resolve()
+    if folder.is_relative_to(here):
+        raise SpecError(
+            f"--storage: {folder} lies in this Ray job's temporary working directory; "
+            "give an absolute --storage outside it (e.g. $HOME/skeptic-runs)"
+        )
 
 
 def submit(
@@ -82,8 +173,9 @@ def submit(
     client = job_client(address)
     # The job's working_dir is temporary: results default to the head's home directory.
     entrypoint = (
-        f"python -m skeptic run {spec.study} --spec {SPEC_NAME} --tracking-uri {tracking_uri}"
-        f" --storage {storage or '$HOME/skeptic-runs'}"
+        f"python -m skeptic run {spec.study} --spec {SPEC_NAME}"
+        f" --tracking-uri {shlex.quote(tracking_uri)}"
+        f" --storage {shlex.quote(storage) if storage else DEFAULT_JOB_STORAGE}"
     )
     if verbose:
         entrypoint += " --verbose"
@@ -99,6 +191,7 @@ def submit(
                 "MLFLOW_DISABLE_TELEMETRY": "true",
                 "HF_HUB_OFFLINE": "1",
                 "PYTHONUNBUFFERED": "1",
+                provenance.SUBMITTED_ENV: PROVENANCE_NAME,
             },
         }
         return _submit_with_retry(client, entrypoint, runtime_env)

@@ -94,7 +94,7 @@ def register_champion(
         move, reason = _should_move(client, study, score, policy)
         if move:
             client.set_registered_model_alias(study.name, CHAMPION, version)
-    champion = version if move else _current(client, study.name).version
+    champion = version if move else str(_current(client, study.name).version)
     return Registration(version, champion, reason)
 
 

@@ -341,6 +341,12 @@ def run_sweep(
     data = study.prepare_data(spec)
     client = tracking.open_store(uri)
     experiment_id = tracking.ensure_experiment(client, study.name, uri)
+    artifacts = client.get_experiment(experiment_id).artifact_location
+    print(
+        f"  mlflow: {uri}, experiment {study.name} (artifacts in {artifacts})\n"
+        f"  folder: {folder} (Tune's results and checkpoints, the report)",
+        flush=True,
+    )
     parent = tracking.start_parent_run(
         client, experiment_id, sweep_id, spec, data_hash(data), count_trials(spec)
     )

@@ -66,8 +66,8 @@ def store_lock(uri: str) -> Iterator[None]:
 
 def open_store(uri: str) -> MlflowClient:
     """A client whose store (runs and model registry) exists, created under store_lock."""
-    client = MlflowClient(uri)
-    with store_lock(uri):
+    with store_lock(uri):  # the client's constructor already opens the store
+        client = MlflowClient(uri)
         client.search_experiments(max_results=1)
         client.search_registered_models(max_results=1)
     return client

@@ -1,0 +1,73 @@
+"""One MLflow store, many sweeps: concurrent sweeps into a new SQLite file all succeed, and
+the `champion` alias moves only to a trial at least as good as the current champion
+(unless --register latest), saying which."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from skeptic.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def _flaky(*sets: str) -> list[str]:
+    args = ["run", "flaky"]
+    for assignment in ("train.epochs=1", *sets):
+        args += ["--set", assignment]
+    return args
+
+
+def test_two_sweeps_at_once_into_a_new_sqlite_store_both_succeed(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'fresh.db'}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "skeptic", *_flaky(), "--tracking-uri", uri,
+             "--storage", str(tmp_path / f"runs{i}"), "--set", "resources.cpu=1"],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-3000:]
+        assert "Traceback" not in err
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("flaky")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("skeptic.kind") == "sweep"]
+    assert sorted(p.info.status for p in parents) == ["FINISHED", "FINISHED"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 6 and all(r.info.status == "FINISHED" for r in children)
+    assert len(client.search_model_versions("name = 'flaky'")) == 2
+
+
+def test_the_champion_moves_only_to_a_better_trial_unless_asked(
+    ray_session, mlflow_store, capsys
+):
+    client = MlflowClient(mlflow_store)
+
+    def champion() -> str:
+        return str(client.get_model_version_by_alias("flaky", "champion").version)
+
+    assert main(_flaky("sweep.space.width.grid=[8]")) == 0  # score 8.0
+    assert champion() == "1"
+    assert "champion is now version 1 (the first champion)" in capsys.readouterr().out
+
+    assert main(_flaky("sweep.space.width.grid=[2]")) == 0  # score 2.0: worse
+    out = capsys.readouterr().out
+    assert champion() == "1"
+    assert "registered as models:/flaky/2; the champion stays version 1" in out
+    assert "score 2 vs 8 of version 1" in out
+
+    assert main([*_flaky("sweep.space.width.grid=[2]"), "--register", "latest"]) == 0
+    assert champion() == "3"
+    assert "--register latest (was version 1)" in capsys.readouterr().out
+
+    assert main(_flaky("sweep.space.width.grid=[4]")) == 0  # 4.0 beats version 3's 2.0
+    assert champion() == "4"
+    assert client.get_model_version("flaky", "4").tags["skeptic.score"] == "4"
