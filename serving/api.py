@@ -8,13 +8,20 @@ import base64
 import binascii
 import hashlib
 import hmac
+import io
 import json
+import re
 from typing import Any
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 DEFAULT_K = 3
+# The formats the API documents. Pillow names multi-picture JPEGs (most phone cameras) MPO.
+IMAGE_FORMATS = frozenset({"PNG", "JPEG", "MPO", "BMP"})
+# A request needs 2 + the input's rank; the JSON parser recurses ~1000 levels before failing.
+MAX_JSON_DEPTH = 32
 
 
 class RequestError(Exception):
@@ -46,10 +53,14 @@ class PredictRequest(BaseModel):
     )
     images: list[str] | None = Field(
         None,
-        description="Batch of base64-encoded PNG/JPEG/BMP images; each is decoded, converted "
-        "to RGB and resized to the model's input size with the training data pipeline.",
+        description="Batch of base64-encoded PNG/JPEG/BMP images (other formats: 422 "
+        "unsupported_image_format); each is decoded, converted to RGB and resized to the "
+        "model's input size with the training data pipeline.",
     )
-    k: int = Field(DEFAULT_K, ge=1, le=1000, description="labels to return per item (top-k)")
+    # strict: "3" or true is a client bug, not a k
+    k: int = Field(
+        DEFAULT_K, ge=1, le=1000, strict=True, description="labels to return per item (top-k)"
+    )
 
 
 class Label(BaseModel):
@@ -72,14 +83,56 @@ class ErrorResponse(BaseModel):
 # --- request body -> batch ---------------------------------------------------------------------
 
 
-def parse_body(body: bytes) -> PredictRequest:
-    """JSON bytes -> PredictRequest, or 400 (malformed JSON) / 422 (wrong fields)."""
+def check_content_type(header: str | None) -> None:
+    """415 unless the body is declared JSON (`application/json`, `application/*+json`):
+    a text/plain or form body is a client mistake (and a browser sends those cross-site
+    without asking first)."""
+    media = (header or "").split(";", 1)[0].strip().lower()
+    if media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        return
+    raise RequestError(
+        415,
+        "unsupported_media_type",
+        f"Content-Type is {header!r}; send the body as application/json"
+        if header
+        else "no Content-Type; send the body as application/json",
+    )
+
+
+# A JSON string, escapes included; possessive, so a 4 MB base64 string is one linear pass.
+_JSON_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _too_deep(detail: str) -> RequestError:
+    return RequestError(422, "json_too_deep", detail)
+
+
+def json_depth(body: bytes) -> int:
+    """How deep `[`/`{` nest in `body`, outside strings, found without parsing it: the
+    parser recurses once per level and dies with RecursionError (a 500) on a deep body."""
+    brackets = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    steps = np.where(np.isin(np.frombuffer(brackets, np.uint8), (91, 123)), 1, -1)
+    return int(np.cumsum(steps, dtype=np.int64).max(initial=0))
+
+
+def parse_body(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> PredictRequest:
+    """JSON bytes -> PredictRequest, or 400 (malformed JSON) / 422 (too deep, wrong fields)."""
+    # Fewer brackets than the limit cannot nest deeper: image bodies skip the scan.
+    if body.count(b"[") + body.count(b"{") > max_depth:
+        depth = json_depth(body)
+        if depth > max_depth:
+            raise _too_deep(f"the JSON nests {depth} levels deep, over the limit of {max_depth}")
     try:
         obj = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise RequestError(
             400, "malformed_json", f"request body is not valid JSON: {err}"
         ) from None
+    except RecursionError:  # only if the scan was fooled (e.g. a UTF-16 body)
+        raise _too_deep(f"the JSON nests too deep (limit {max_depth})") from None
     if not isinstance(obj, dict):
         raise RequestError(
             422, "invalid_request", f"request body must be a JSON object, got {type(obj).__name__}"
@@ -110,10 +163,12 @@ def to_batch(
     *,
     max_items: int,
     max_image_pixels: int | None = None,
+    max_decoded_pixels: int | None = None,
     dtype: str = "float32",
 ) -> np.ndarray:
     """The request's items as one array of shape (N, *input_shape) and the signature's
-    dtype (float32 for every Skeptic model)."""
+    dtype (float32 for every Skeptic model). CPU-bound for images: call it off the event
+    loop."""
     items = request.inputs if request.inputs is not None else request.images
     field = "inputs" if request.inputs is not None else "images"
     if not items:
@@ -125,7 +180,7 @@ def to_batch(
             f"{len(items)} items in `{field}`, over the limit of {max_items}",
         )
     if request.images is not None:
-        batch = _images_to_batch(request.images, input_shape, max_image_pixels)
+        batch = _images_to_batch(request.images, input_shape, max_image_pixels, max_decoded_pixels)
     else:
         batch = _inputs_to_batch(request.inputs, input_shape)
     return batch.astype(dtype, copy=False)
@@ -167,10 +222,17 @@ def _inputs_to_batch(inputs: list[Any], input_shape: tuple[int, ...]) -> np.ndar
     return batch
 
 
+# Pillow raises several types for corrupt or truncated data; all mean "unreadable".
+_UNREADABLE = (OSError, SyntaxError, ValueError, EOFError)
+
+
 def _images_to_batch(
-    images: list[str], input_shape: tuple[int, ...], max_pixels: int | None
+    images: list[str],
+    input_shape: tuple[int, ...],
+    max_pixels: int | None,
+    max_total: int | None,
 ) -> np.ndarray:
-    from skeptic.data.imagefolder import decode_image
+    from skeptic.data.imagefolder import image_to_array
 
     if len(input_shape) != 3 or input_shape[0] != 3 or input_shape[1] != input_shape[2]:
         raise RequestError(
@@ -179,20 +241,61 @@ def _images_to_batch(
             f"this model takes inputs of shape {_shape_text(input_shape)}, not square RGB "
             "images: send `inputs`",
         )
-    size = input_shape[1]
+    # Every header is read and every limit checked before the first pixel is decoded: a
+    # 4 MB body holds dozens of solid PNGs that each expand to 50 MB and a second of CPU.
+    opened = [_open_image(i, text, max_pixels) for i, text in enumerate(images)]
+    total = sum(im.width * im.height for im in opened)
+    if max_total is not None and total > max_total:
+        raise RequestError(
+            413,
+            "too_many_pixels",
+            f"the images hold {total} pixels in all, over the limit of {max_total} per request",
+        )
     out = np.empty((len(images), *input_shape), dtype=np.float32)
-    for i, text in enumerate(images):
-        if text.startswith("data:") and "," in text:  # a data URL: data:image/png;base64,....
-            text = text.split(",", 1)[1]
+    for i, im in enumerate(opened):
         try:
-            data = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            raise RequestError(422, "bad_image", f"images[{i}] is not valid base64") from None
-        try:
-            out[i] = decode_image(data, size, max_pixels=max_pixels)
-        except ValueError as err:
-            raise RequestError(422, "bad_image", f"images[{i}]: {err}") from None
+            with im:
+                out[i] = image_to_array(im, input_shape[1])  # the training preprocessing
+        except _UNREADABLE as err:
+            raise RequestError(
+                422, "bad_image", f"images[{i}]: cannot decode image: {err}"
+            ) from None
     return out
+
+
+def _open_image(i: int, text: str, max_pixels: int | None) -> Image.Image:
+    """images[i] opened lazily: format and size come from the header, no pixels yet."""
+    if text.startswith("data:") and "," in text:  # a data URL: data:image/png;base64,....
+        text = text.split(",", 1)[1]
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(422, "bad_image", f"images[{i}] is not valid base64") from None
+    try:
+        im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as err:  # Pillow's own cap, above ours by default
+        raise RequestError(413, "image_too_large", f"images[{i}]: {err}") from None
+    except UnidentifiedImageError:
+        raise RequestError(
+            422, "bad_image", f"images[{i}] is not an image (send PNG, JPEG or BMP)"
+        ) from None
+    except _UNREADABLE as err:
+        raise RequestError(422, "bad_image", f"images[{i}]: cannot read image: {err}") from None
+    if im.format not in IMAGE_FORMATS:
+        im.close()
+        raise RequestError(
+            422,
+            "unsupported_image_format",
+            f"images[{i}] is {im.format}; send PNG, JPEG or BMP",
+        )
+    if max_pixels is not None and im.width * im.height > max_pixels:
+        im.close()
+        raise RequestError(
+            413,
+            "image_too_large",
+            f"images[{i}] is {im.width}x{im.height} pixels, over the limit of {max_pixels}",
+        )
+    return im
 
 
 # --- response ---------------------------------------------------------------------------------

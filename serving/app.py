@@ -25,6 +25,7 @@ import logging
 import os
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -39,10 +40,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.api import (
     DEFAULT_K,
+    MAX_JSON_DEPTH,
     ErrorResponse,
     PredictRequest,
     PredictResponse,
     RequestError,
+    check_content_type,
     parse_body,
     to_batch,
     token_digest,
@@ -80,6 +83,14 @@ class ServeArgs(BaseModel):
     max_payload_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="413 above this")
     max_batch_items: int = Field(64, ge=1, le=100_000, description="items per request; 413")
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="width x height per image")
+    # Decoding costs ~20-40 ns and 3-4 bytes per pixel here: the default caps one request
+    # at about a second of CPU, and is 2x a batch of 64 images of 512 x 512.
+    max_decoded_pixels: int = Field(
+        2 * 4096 * 4096, ge=1, description="width x height summed over a request's images; 413"
+    )
+    max_json_depth: int = Field(
+        MAX_JSON_DEPTH, ge=2, le=200, description="nesting of the request JSON; 422 above"
+    )
     default_k: int = Field(DEFAULT_K, ge=1)
     num_replicas: int | None = Field(None, ge=1)
     autoscaling_config: dict[str, Any] | None = None
@@ -135,6 +146,10 @@ class ModelServer:
             names if len(names) == self.num_classes else [str(i) for i in range(self.num_classes)]
         )
         self.stats = {"batches": 0, "requests": 0}
+        # Own threads for parsing and decoding, so forward passes (asyncio.to_thread, the
+        # default pool) never queue behind them. A few, since Pillow decodes without the
+        # GIL; not one per ongoing request, which would hold that many decoded images.
+        self._decode_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="decode")
         self._idle = asyncio.Event()
         self._idle.set()
         self._batched.set_max_batch_size(cfg["max_batch_size"])
@@ -171,6 +186,25 @@ class ModelServer:
             return np.split(probs, sizes)
         finally:
             self._idle.set()
+
+    def _prepare(self, body: bytes) -> tuple[PredictRequest, np.ndarray]:
+        cfg = self.cfg
+        request = parse_body(body, max_depth=cfg["max_json_depth"])
+        batch = to_batch(
+            request,
+            self.input_shape,
+            max_items=cfg["max_batch_items"],
+            max_image_pixels=cfg["max_image_pixels"],
+            max_decoded_pixels=cfg["max_decoded_pixels"],
+            dtype=self.input_dtype,
+        )
+        return request, batch
+
+    async def prepare(self, body: bytes) -> tuple[PredictRequest, np.ndarray]:
+        """The parsed request and its batch, or RequestError; off the event loop, so a
+        large request does not hold up the others while it decodes."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._decode_pool, self._prepare, body)
 
     async def infer(self, batch: np.ndarray) -> np.ndarray:
         if not self.cfg["batching"]:
@@ -214,6 +248,8 @@ class ModelServer:
                 "max_payload_bytes": self.cfg["max_payload_bytes"],
                 "max_batch_items": self.cfg["max_batch_items"],
                 "max_image_pixels": self.cfg["max_image_pixels"],
+                "max_decoded_pixels": self.cfg["max_decoded_pixels"],
+                "max_json_depth": self.cfg["max_json_depth"],
             },
         }
 
@@ -255,7 +291,7 @@ def build_fastapi(server: ModelServer) -> FastAPI:
     cfg = server.cfg
     errors = {
         code: {"model": ErrorResponse}
-        for code in (400, 401, 413, 422) if code != 401 or cfg.get("token_sha256")
+        for code in (400, 401, 413, 415, 422) if code != 401 or cfg.get("token_sha256")
     }  # fmt: skip
     app = FastAPI(
         title=f"Skeptic model {server.name}",
@@ -313,15 +349,9 @@ def build_fastapi(server: ModelServer) -> FastAPI:
         summary="top-k labels for a batch of inputs or images",
     )
     async def predict(request: Request) -> JSONResponse:
+        check_content_type(request.headers.get("content-type"))
         body = await _read_limited(request, cfg["max_payload_bytes"])
-        req = parse_body(body)
-        batch = to_batch(
-            req,
-            server.input_shape,
-            max_items=cfg["max_batch_items"],
-            max_image_pixels=cfg["max_image_pixels"],
-            dtype=server.input_dtype,
-        )
+        req, batch = await server.prepare(body)
         probs = await server.infer(batch)
         k = req.k if "k" in req.model_fields_set else cfg["default_k"]
         return JSONResponse(
@@ -405,6 +435,8 @@ def replica_config(args: ServeArgs) -> dict[str, Any]:
         "max_payload_bytes": args.max_payload_bytes,
         "max_batch_items": args.max_batch_items,
         "max_image_pixels": args.max_image_pixels,
+        "max_decoded_pixels": args.max_decoded_pixels,
+        "max_json_depth": args.max_json_depth,
         "default_k": args.default_k,
         "num_gpus": actor.get("num_gpus", 0),
         "token_sha256": args.token_sha256 or (token_digest(token) if token else None),

@@ -98,6 +98,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="most items in one request; more gets 413 (default 64)",
     )  # fmt: skip
     p.add_argument(
+        "--max-decoded-pixels", type=int, metavar="N",
+        help="most image pixels (width x height, summed) in one request; more gets 413 "
+        "(default 33554432)",
+    )  # fmt: skip
+    p.add_argument(
         "--replica-cpus", type=float, metavar="N", help="CPUs reserved per replica (default 1)"
     )
     p.add_argument(
@@ -155,6 +160,8 @@ def _serve_args(args: argparse.Namespace) -> dict[str, Any]:
         out["max_payload_bytes"] = args.max_payload_bytes
     if args.max_batch_items is not None:
         out["max_batch_items"] = args.max_batch_items
+    if args.max_decoded_pixels is not None:
+        out["max_decoded_pixels"] = args.max_decoded_pixels
     if args.replicas is not None:
         out["num_replicas"] = args.replicas
     if args.autoscale:
