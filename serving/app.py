@@ -58,8 +58,8 @@ from serving.registry import (
     check_safe_format,
     parse_model_ref,
     resolve,
-    tracking_uri_or_default,
 )
+from skeptic.store import resolve_tracking_uri
 
 logger = logging.getLogger("ray.serve")
 
@@ -417,7 +417,7 @@ ModelServerDeployment = serve.deployment(name=DEPLOYMENT)(serve.ingress()(ModelS
 
 def replica_config(args: ServeArgs) -> dict[str, Any]:
     """Resolve the model (fails here, before any replica starts) and freeze what replicas need."""
-    uri = tracking_uri_or_default(args.tracking_uri)
+    uri = resolve_tracking_uri(args.tracking_uri)
     resolved = resolve(parse_model_ref(args.model), uri)
     check_safe_format(resolved, uri)
     token = args.token or os.environ.get(TOKEN_ENV) or None

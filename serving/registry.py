@@ -8,7 +8,6 @@ under KubeRay), which pins the version it resolved into the deployment.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,18 +75,6 @@ def check_app_name(name: str) -> str:
             "(at most 63, starting with a letter or digit); it becomes the route /<name>"
         )
     return name
-
-
-def tracking_uri_or_default(uri: str | None) -> str:
-    """The given URI, else $MLFLOW_TRACKING_URI, else ./mlflow.db (as `skeptic run` uses).
-    A relative SQLite path is made absolute: replicas do not share the caller's cwd."""
-    # As skeptic.tracking.resolve_tracking_uri, without importing it (it imports ray.tune,
-    # and the CLI must not import ray before it has chosen the Ray client environment).
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        uri = prefix + os.path.abspath(uri[len(prefix) :])
-    return uri
 
 
 def _not_found(err: Exception) -> bool:

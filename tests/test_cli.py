@@ -68,7 +68,7 @@ def test_console_script_and_module_entry_points():
 def test_relative_sqlite_tracking_uri_is_made_absolute(tmp_path, monkeypatch) -> None:
     # Ray workers do not share the driver's working directory: a relative SQLite path would
     # open another (empty) database there.
-    from skeptic.tracking import resolve_tracking_uri
+    from skeptic.store import resolve_tracking_uri
 
     monkeypatch.chdir(tmp_path)
     assert resolve_tracking_uri("sqlite:///runs.db") == f"sqlite:///{tmp_path / 'runs.db'}"

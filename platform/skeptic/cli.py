@@ -72,9 +72,11 @@ def _print_outcome(outcome: object) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     study, spec = _load(args)
     from skeptic.cluster import check_run_locations
-    from skeptic.tracking import resolve_tracking_uri
+    from skeptic.store import check_store, resolve_tracking_uri
 
-    check_run_locations(resolve_tracking_uri(args.tracking_uri), args.storage)
+    uri = resolve_tracking_uri(args.tracking_uri)
+    check_store(uri)
+    check_run_locations(uri, args.storage)
     if args.dry_run:
         from skeptic.runner import describe_plan
 
@@ -110,12 +112,13 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 def _cmd_submit(args: argparse.Namespace) -> int:
     from skeptic import cluster
-    from skeptic.tracking import resolve_tracking_uri
+    from skeptic.store import check_store, resolve_tracking_uri
 
     _, spec = _load(args)
     uri = resolve_tracking_uri(args.tracking_uri)
     address = cluster.cluster_address(args.address)
     cluster.check_job_locations(address, uri, args.storage)
+    check_store(uri)
     job_id = cluster.submit(
         spec, address=address, tracking_uri=uri, storage=args.storage, verbose=args.verbose
     )
@@ -183,13 +186,15 @@ def _cmd_mlflow_server(args: argparse.Namespace) -> int:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    from skeptic.tracking import DEFAULT_ARTIFACTS, resolve_tracking_uri
+    from skeptic.store import DEFAULT_ARTIFACTS, artifacts_root, check_store, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
+    check_store(uri)
+    artifacts = artifacts_root(uri) or Path(DEFAULT_ARTIFACTS).resolve()
     cmd = [
         sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
         "--host", args.host, "--port", str(args.port),
-        "--default-artifact-root", Path(DEFAULT_ARTIFACTS).resolve().as_uri(),
+        "--default-artifact-root", artifacts.as_uri(),
     ]  # fmt: skip
     print(f"MLflow UI for {uri} on http://{args.host}:{args.port} (Ctrl-C to stop)")
     return subprocess.call(cmd)

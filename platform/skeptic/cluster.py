@@ -15,15 +15,13 @@ import shlex
 import shutil
 import tempfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from skeptic import provenance, tracking
+from skeptic import provenance, store
 from skeptic.spec import Spec, SpecError
 
 SPEC_NAME = "skeptic-spec.yaml"
@@ -91,21 +89,6 @@ def _auth_help(address: str, err: Exception) -> str:
     )
 
 
-def check_tracking_server(uri: str) -> None:
-    """Fail now, not after an hour, when a tracking server does not answer."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as answer:
-            if answer.status == 200:
-                return
-    except (urllib.error.URLError, OSError) as err:
-        raise SpecError(
-            f"--tracking-uri: the MLflow server at {uri} is unreachable: {err}"
-        ) from None
-    raise SpecError(f"--tracking-uri: the MLflow server at {uri} is not healthy")
-
-
 def _package_dir(name: str) -> Path:
     import importlib
 
@@ -151,7 +134,7 @@ def check_run_locations(tracking_uri: str, storage: str | None) -> None:
     if not job_config.get("runtime_env", {}).get("working_dir"):
         return
     here = Path.cwd().resolve()
-    db = tracking.sqlite_path(tracking_uri)
+    db = store.sqlite_path(tracking_uri)
     if db is not None and db.is_relative_to(here):
         raise SpecError(
             f"--tracking-uri: {tracking_uri} lies in this Ray job's temporary working directory "
@@ -169,7 +152,6 @@ def check_run_locations(tracking_uri: str, storage: str | None) -> None:
 def submit(
     spec: Spec, *, address: str | None, tracking_uri: str, storage: str | None, verbose: bool
 ) -> str:
-    check_tracking_server(tracking_uri)
     client = job_client(address)
     # The job's working_dir is temporary: results default to the head's home directory.
     entrypoint = (

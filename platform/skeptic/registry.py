@@ -16,8 +16,8 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from safetensors.torch import save_file
 
+from skeptic.store import store_lock
 from skeptic.study import Study
-from skeptic.tracking import store_lock
 
 CHAMPION = "champion"
 CODE = Path(__file__).with_name("pyfunc_model.py")

@@ -27,7 +27,7 @@ from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
-from skeptic import tracking
+from skeptic import store, tracking
 from skeptic.interrupt import Interrupted, StopOnSignal
 from skeptic.progress import Progress
 from skeptic.registry import Registration, register_champion
@@ -334,12 +334,12 @@ def run_sweep(
     """Validate resources, prepare data once, open the parent run, run every trial, judge, register."""
     check_gpu_request(spec, address)
     check_stage_fields(study, spec)
-    uri = tracking.resolve_tracking_uri(tracking_uri)
+    uri = store.resolve_tracking_uri(tracking_uri)
     sweep_id = f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     folder = Path(storage or DEFAULT_STORAGE).resolve() / study.name / sweep_id
     print(f"sweep {sweep_id}: {count_trials(spec)} trials; preparing data", flush=True)
     data = study.prepare_data(spec)
-    client = tracking.open_store(uri)
+    client = store.open_store(uri)
     experiment_id = tracking.ensure_experiment(client, study.name, uri)
     artifacts = client.get_experiment(experiment_id).artifact_location
     print(
@@ -365,9 +365,10 @@ def resume_sweep(
     """Finish an interrupted sweep: only unfinished trials run, into the same MLflow runs;
     then the whole sweep is judged again and its best trial registered."""
     record = SweepRecord.find(sweep_id, storage)
+    store.check_store(record.tracking_uri, must_exist=True)
     study = get_study(record.study)
     spec = validate_spec(record.spec, study.Params)
-    client = tracking.open_store(record.tracking_uri)
+    client = store.open_store(record.tracking_uri)
     print(f"resuming sweep {sweep_id}; preparing data", flush=True)
     data = study.prepare_data(spec)
     recorded = client.get_run(record.parent_run_id).data.tags.get("skeptic.data_hash")

@@ -267,7 +267,9 @@ def _quiet_serve_logs() -> None:
 
 def _resolve_or_exit(ref_text: str, uri: str) -> Any:
     from serving.registry import ModelRefError, check_safe_format, parse_model_ref, resolve
+    from skeptic.store import check_store
 
+    check_store(uri, must_exist=True)
     try:
         resolved = resolve(parse_model_ref(ref_text), uri)
         check_safe_format(resolved, uri)
@@ -306,7 +308,7 @@ def _disconnect() -> None:
 
 def _serve_model(args: argparse.Namespace) -> int:
     from serving.registry import ModelRefError, check_app_name, parse_model_ref
-    from serving.registry import tracking_uri_or_default as tracking
+    from skeptic.store import resolve_tracking_uri
 
     # 1. Everything that can be checked before anything starts.
     try:
@@ -316,7 +318,7 @@ def _serve_model(args: argparse.Namespace) -> int:
         raise SpecError(str(err)) from None
     address, state = _plan_cluster(args, may_start=True)
     options = _serve_args(args)
-    uri = tracking(args.tracking_uri)
+    uri = resolve_tracking_uri(args.tracking_uri)
     resolved = _resolve_or_exit(args.model, uri)
     token = _token(args)
     host = args.host or "127.0.0.1"
@@ -358,7 +360,7 @@ def _serve_config(args: argparse.Namespace) -> int:
         wait_apps,
         wait_healthy,
     )
-    from serving.registry import tracking_uri_or_default as tracking
+    from skeptic.store import resolve_tracking_uri
 
     path = Path(args.config)
     if not path.is_file():
@@ -379,7 +381,7 @@ def _serve_config(args: argparse.Namespace) -> int:
     from serving.app import ServeArgs
 
     token = _token(args)
-    default_uri = tracking(args.tracking_uri)
+    default_uri = resolve_tracking_uri(args.tracking_uri)
     http = dict(raw.get("http_options") or {})
     http["host"] = args.host or http.get("host") or "127.0.0.1"  # loopback unless told
     http["port"] = args.port or http.get("port") or 8000

@@ -3,74 +3,23 @@ and a Tune callback that gives every child run a truthful final status."""
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import yaml
-from filelock import FileLock
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from skeptic import provenance
 from skeptic.spec import Spec
+from skeptic.store import artifacts_root
 
-DEFAULT_DB = "mlflow.db"
-DEFAULT_ARTIFACTS = "mlartifacts"
 PACKAGES = ("skeptic", "torch", "ray", "mlflow", "numpy", "timm", "transformers", "scikit-learn")
-
-
-def resolve_tracking_uri(uri: str | None) -> str:
-    """--tracking-uri, else MLFLOW_TRACKING_URI, else a SQLite file in the working directory."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        return f"sqlite:///{Path(DEFAULT_DB).resolve()}"
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        # Relative to this directory: Ray workers run elsewhere and would open another file.
-        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
-    return uri
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a SQLite tracking URI, else None."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri.removeprefix("sqlite:///")).resolve()
-
-
-def artifacts_root(uri: str) -> Path | None:
-    """Where a local SQLite store's artifacts live: beside the database file (not in the
-    current directory, which for a Ray job is a temporary folder)."""
-    db = sqlite_path(uri)
-    return db.parent / DEFAULT_ARTIFACTS if db else None
-
-
-@contextlib.contextmanager
-def store_lock(uri: str) -> Iterator[None]:
-    """Serialise, across processes, what two sweeps on one SQLite store must not do at once:
-    MLflow creating a new store's tables ("duplicate column name") and moving an alias."""
-    db = sqlite_path(uri)
-    if db is None:
-        yield
-        return
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(db) + ".lock", timeout=120):
-        yield
-
-
-def open_store(uri: str) -> MlflowClient:
-    """A client whose store (runs and model registry) exists, created under store_lock."""
-    with store_lock(uri):  # the client's constructor already opens the store
-        client = MlflowClient(uri)
-        client.search_experiments(max_results=1)
-        client.search_registered_models(max_results=1)
-    return client
 
 
 def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
