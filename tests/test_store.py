@@ -4,6 +4,7 @@ the `champion` alias moves only to a trial at least as good as the current champ
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -56,7 +57,12 @@ def test_the_champion_moves_only_to_a_better_trial_unless_asked(
 
     assert main(_flaky("sweep.space.width.grid=[8]")) == 0  # score 8.0
     assert champion() == "1"
-    assert "champion is now version 1 (the first champion)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "champion is now version 1 (the first champion)" in out
+    sweep_id = re.search(r"sweep (\S+): 1 trials", out).group(1)
+    assert main(["resume", sweep_id]) == 0  # judged again: registered once all the same
+    assert len(client.search_model_versions("name = 'flaky'")) == 1
+    assert "registered by this sweep before" in capsys.readouterr().out
 
     assert main(_flaky("sweep.space.width.grid=[2]")) == 0  # score 2.0: worse
     out = capsys.readouterr().out

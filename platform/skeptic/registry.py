@@ -98,6 +98,13 @@ def register_champion(
     return Registration(version, champion, reason)
 
 
+def registered_before(study: Study, version: str) -> Registration:
+    """A version this sweep registered already (it is judged again after a resume)."""
+    current = _current(MlflowClient(), study.name)
+    champion = str(current.version) if current else None
+    return Registration(version, champion, "registered by this sweep before")
+
+
 def score_tag(study: Study) -> str:
     """The model-version tag holding the study's metric of that version's trial."""
     return f"skeptic.{study.metric}"

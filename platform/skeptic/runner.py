@@ -30,7 +30,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTra
 from skeptic import store, tracking
 from skeptic.interrupt import Interrupted, StopOnSignal
 from skeptic.progress import Progress
-from skeptic.registry import Registration, register_champion
+from skeptic.registry import Registration, register_champion, registered_before
 from skeptic.report import write_report
 from skeptic.spec import Dim, Spec, SpecError, count_trials, grid_points, validate_spec
 from skeptic.stages import (
@@ -492,7 +492,10 @@ def _judge_and_register(
     client.set_tag(parent, "skeptic.verdict_summary", verdict.summary[:4000])
     best = _best(study, collected)
     registration = None
-    if best:
+    tags = client.get_run(parent).data.tags
+    if best and tags.get("skeptic.champion_run_id") == best[0].run_id:  # resumed again
+        registration = registered_before(study, tags["skeptic.champion_version"])
+    elif best:
         registration = _champion(study, best, record.sweep_id, verdict, register)
         client.set_tag(parent, "skeptic.champion_version", registration.version)
         client.set_tag(parent, "skeptic.champion_run_id", best[0].run_id)
