@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -27,8 +27,17 @@ from jobs.few_shot import splits
 from jobs.few_shot.finetune import FT_METHODS, choose_lr, evaluate, finetune
 from jobs.few_shot.sfuda import SFUDA_METHODS, adapt
 from jobs.few_shot.verdict import judge
-from skeptic.data import CLASS_NAMES, load_domain_folder, make_shapes, stratified_split
-from skeptic.spec import grid_points
+from skeptic.data import (
+    CLASS_NAMES,
+    DataError,
+    DataPlan,
+    class_counts,
+    load_domain_folder,
+    make_shapes,
+    plan_dataset,
+    stratified_split,
+)
+from skeptic.spec import SpecError, grid_points, sweep_params
 from skeptic.study import Stage, Study, TrialResult, Verdict, register_study
 from skeptic.trial import TrialContext
 
@@ -59,14 +68,14 @@ class Params(BaseModel):
     eval_every: int = Field(20, ge=1, description="steps between model-selection checks")
     batch_size: int = Field(32, ge=2)
     lr: float | None = Field(None, gt=0, description="None: choose from lr_grid (1-shot val)")
-    lr_grid: list[float] = Field([1e-4, 1e-3, 1e-2], min_length=1)
+    lr_grid: list[Annotated[float, Field(gt=0)]] = Field([1e-4, 1e-3, 1e-2], min_length=1)
 
     @model_validator(mode="after")
     def _shots_fit_method(self) -> Params:
         if self.method in SFUDA_METHODS and self.k != 0:
-            raise ValueError(f"{self.method} uses no target labels: set k=0 (got k={self.k})")
+            raise ValueError(f"k: {self.method} uses no target labels: set k=0 (got k={self.k})")
         if self.method in FT_METHODS and self.k < 1:
-            raise ValueError(f"{self.method} fine-tunes on k >= 1 shots per class (got k=0)")
+            raise ValueError(f"k: {self.method} fine-tunes on k >= 1 shots per class (got k=0)")
         return self
 
 
@@ -89,6 +98,9 @@ class SmallCNN(nn.Module):
 
 
 SOURCE_FIELDS = ("source_domain", "width", "source_epochs", "source_lr")
+# Parameters that shape the data, which prepare_data builds once per sweep from spec.train:
+# a sweep over them would label trials with values their data was not built with.
+DATA_FIELDS = ("source_domain", "target_domain", "imbalance", "partial_keep")
 FT_ARMS = {m: {"method": m} for m in FT_METHODS}
 # SFUDA arms pin k=0: arms win over the k grid, so each runs once per scenario x seed.
 SFUDA_ARMS = {m: {"method": m, "k": 0} for m in SFUDA_METHODS}
@@ -107,6 +119,15 @@ class FewShot(Study):
     )
     Params = Params
     metric = "test_acc"  # of the selected model (lowest val loss; the last step for SFUDA)
+    # FIFO only. ASHA would rank trials by test accuracy (the metric; scheduling on it leaks
+    # the test set into model selection) at equal iterations, which are evaluation checks of
+    # different step counts for FT and SFUDA; PBT would copy an adapted model of another
+    # method or k into a trial.
+    schedulers = ("fifo",)
+    schedulers_reason = (
+        "trials are compared after their full adaptation; ASHA would stop them on test "
+        "accuracy at unequal step counts, and PBT would copy one method's model into another"
+    )
     stages = (
         Stage("source", SOURCE_FIELDS),
         # The LR is chosen on the 1-shot split, so it depends on neither k nor the shots:
@@ -194,6 +215,102 @@ class FewShot(Study):
             idx = np.flatnonzero(np.isin(y, keep))
             x, y = x[idx], y[idx]
         return x, y, classes
+
+    # ---- spec-time checks ----
+
+    def check_data(self, spec: Any, *, scan: bool = True) -> DataPlan | None:
+        """The target domain as prepare_data reads it (shots and scenarios come from it),
+        after the source domain; both checked, neither generated nor decoded."""
+        d, p = spec.data, Params(**spec.train)
+        if d.name not in ("shapes", "imagefolder"):
+            raise SpecError(
+                f"data.name: few_shot needs a dataset with domains: shapes or imagefolder, "
+                f"not {d.name!r}"
+            )
+        if d.domain is not None:
+            raise SpecError(
+                "data.domain: few_shot reads its domains from train.source_domain and "
+                f"train.target_domain; unset data.domain (got {d.domain!r})"
+            )
+        for name in DATA_FIELDS:
+            arms = [arm for arm, values in spec.sweep.arms.items() if name in values]
+            if name in spec.sweep.space or arms:
+                where = f"sweep.space.{name}" if not arms else f"sweep.arms.{arms[0]}.{name}"
+                raise SpecError(
+                    f"{where}: {name} shapes the data, which is built once per sweep from "
+                    f"train.{name}; set train.{name} and do not sweep it"
+                )
+        if d.name == "imagefolder" and not scan:
+            return None
+        source = self._plan_domain(spec, p.source_domain, "source_domain")
+        target = self._plan_domain(spec, p.target_domain, "target_domain")
+        if source.classes != target.classes:
+            raise SpecError(
+                f"train.target_domain: its classes ({', '.join(target.classes)}) are not the "
+                f"source domain's ({', '.join(source.classes)}), so the labels would not match"
+            )
+        return target
+
+    @staticmethod
+    def _plan_domain(spec: Any, domain: str, side: str) -> DataPlan:
+        d = spec.data
+        # An image folder's domain is read whole (data.size does not cap it, see _domain).
+        size = d.size if d.name == "shapes" else 2**62
+        try:
+            return plan_dataset(d.name, size, d.val_fraction, domain, d.path, d.image_size)
+        except DataError as err:
+            field = f"train.{side}" if err.field == "domain" else f"data.{err.field}"
+            raise SpecError(f"{field}: {err}") from None
+
+    def check_spec(self, spec: Any, data: DataPlan | None) -> None:
+        """Every scenario's target pool must hold k + 1 images of each of its classes for
+        every few-shot trial (k shots and one validation image, see splits.sample_shots)."""
+        if data is None:
+            return
+        p = Params(**spec.train)
+        classes = len(data.classes)
+        if not 1 <= p.partial_keep < classes:
+            raise SpecError(
+                f"train.partial_keep: the partial-set target keeps 1..{classes - 1} of the "
+                f"{classes} classes, got {p.partial_keep}"
+            )
+        points = sweep_params(spec, Params)
+        for scenario in sorted({q.scenario for q in points}):
+            smallest = self._smallest_pool_class(spec, data, p, scenario)
+            for q in points:
+                if q.scenario == scenario and q.method in FT_METHODS and q.k + 1 > smallest:
+                    more = "data.size" if spec.data.name == "shapes" else "target images"
+                    allowed = f"k <= {smallest - 1}" if smallest > 1 else "no k"
+                    raise SpecError(
+                        f"train.k: k={q.k} ({q.method}) needs k + 1 = {q.k + 1} images of every "
+                        f"class in the {scenario} target pool, whose smallest class has "
+                        f"{smallest}; allowed: {allowed} (more {more}, or a lower "
+                        "train.imbalance for label_shift, raise it)"
+                    )
+
+    @staticmethod
+    def _smallest_pool_class(spec: Any, data: DataPlan, p: Params, scenario: str) -> int:
+        """Images of the smallest class in a scenario's target pool, counted as _domain and
+        prepare_data would draw them (labels only)."""
+        priors = splits.pareto_priors(len(data.classes), p.imbalance)
+        keep = splits.partial_classes(len(data.classes), p.partial_keep)
+        seed = spec.data.seed + 1
+        if spec.data.name == "shapes":
+            counts = class_counts(
+                spec.data.size,
+                priors if scenario == "label_shift" else None,
+                keep if scenario == "partial" else None,
+            )
+            y = np.repeat(np.arange(len(counts)), counts)
+        else:
+            y = np.repeat(np.arange(len(data.classes)), data.class_counts)
+            if scenario == "label_shift":
+                y = y[splits.subsample_to_priors(y, priors, seed)]
+            if scenario == "partial":
+                y = y[np.isin(y, keep)]
+        pool, _ = splits.target_split(y, seed)
+        counts = np.bincount(y[pool])
+        return int(counts[counts > 0].min())
 
     # ---- the source stage ----
 

@@ -9,15 +9,17 @@ optimisation-budget effect that an MLP shows as clearly as a ResNet.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from jobs.large_batch.ghost_bn import make_norm
 from jobs.large_batch.verdict import judge
+from skeptic.data import DataPlan
+from skeptic.spec import SpecError, sweep_params
 from skeptic.study import Study, TrialResult, Verdict, register_study
 from skeptic.trial import TrialContext
 
@@ -41,12 +43,26 @@ class Params(BaseModel):
     ghost_batch: int | None = Field(None, ge=2, description="Ghost BN chunk; None = plain BN")
     regime: Literal["fixed", "adapted"] = "fixed"
     epochs: int = Field(10, ge=1, description="epochs of the small-batch regime")
-    lr_drops: list[float] = Field([0.5, 0.75], description="fractions of training where lr /= 10")
+    # in [0, 1): a drop at 1 or later would never happen
+    lr_drops: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
+        [0.5, 0.75], description="fractions of training where lr /= 10"
+    )
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     clip_norm: float = Field(5.0, gt=0)
     width: int = Field(256, ge=1)
     depth: int = Field(5, ge=1)
+
+    @model_validator(mode="after")
+    def _ghost_within_batch(self) -> Params:
+        # A ghost batch as large as the batch is one chunk: plain BN (ghost_bn.make_norm),
+        # so the arm would silently test nothing.
+        if self.ghost_batch is not None and self.ghost_batch >= self.batch_size:
+            raise ValueError(
+                f"ghost_batch: {self.ghost_batch} must be smaller than batch_size "
+                f"{self.batch_size} (a ghost batch covering the batch is plain BN), or None"
+            )
+        return self
 
 
 def epochs_for(p: Params) -> int:
@@ -97,6 +113,15 @@ class LargeBatch(Study):
         "generalization gap in large batch training of neural networks' (NeurIPS)"
     )
     Params = Params
+    # FIFO only. The belief is about the end of training; the large-batch arms make fewer
+    # updates per epoch and +RA trains up to B/B_small times more epochs, so at equal
+    # iterations ASHA stops exactly the arms the claim is about, and the verdict would read
+    # their early accuracy as final. PBT would copy another arm's weights and config in.
+    schedulers = ("fifo",)
+    schedulers_reason = (
+        "large-batch arms make fewer updates per epoch and +RA trains longer, so ASHA would "
+        "stop the arms the claim is about, and PBT would copy weights between arms"
+    )
     defaults: ClassVar[dict] = {
         "data": {"name": "shapes", "size": 16000, "image_size": 16, "val_fraction": 0.2},
         "resources": {"cpu": 1},
@@ -125,6 +150,21 @@ class LargeBatch(Study):
             "seeds": 1,
         },
     }
+
+    def check_spec(self, spec: Any, data: DataPlan | None) -> None:
+        """The lr rule and the regime adaptation share one small-batch reference: the
+        derive's reference must be train.base_batch, or the +LR arms scale the lr against
+        another batch than the one their epochs are adapted to."""
+        rule = spec.sweep.derive.get("lr")
+        if rule is None or rule.source != "batch_size":
+            return
+        for p in sweep_params(spec, Params):
+            if rule.reference != p.base_batch:
+                raise SpecError(
+                    f"sweep.derive.lr.reference: {rule.reference:g} must equal train.base_batch "
+                    f"({p.base_batch}), the small batch both the lr rule and the regime "
+                    "adaptation are relative to"
+                )
 
     def run_name(self, params: dict[str, Any], swept: list[str]) -> str:
         """e.g. `+RA-bs1024-lr0.2-gbn64-adapted-s0`."""

@@ -17,19 +17,21 @@ model with torch.utils.flop_counter (MACs = FLOPs / 2).
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from timm.models.metaformer import Attention
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from jobs.metaformer.mixers import ABLATIONS, MIXERS, build_metaformer
+from jobs.metaformer.mixers import ABLATIONS, HEAD_DIM, MIXERS, build_metaformer, stage_sizes
 from jobs.metaformer.verdict import judge
+from skeptic.data import DataPlan
+from skeptic.spec import SpecError, sweep_params
 from skeptic.study import Study, TrialResult, Verdict, register_study
 from skeptic.trial import TrialContext
 
@@ -60,9 +62,46 @@ class Params(BaseModel):
     weight_decay: float = Field(0.05, ge=0)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     augment: Literal["none", "light", "heavy"] = "none"  # heavy: + Mixup 0.8 / CutMix 1.0
-    dims: list[int] = Field([32, 64, 128], min_length=2)
-    depths: list[int] = Field([1, 2, 1], min_length=2)
+    dims: list[Annotated[int, Field(ge=1)]] = Field([32, 64, 128], min_length=2)
+    # >= 1: a stage of depth 0 has no block, so the mixer under test would not be in it
+    depths: list[Annotated[int, Field(ge=1)]] = Field([1, 2, 1], min_length=2)
     layer_scale: float | None = Field(None, gt=0, description="timm layer scale; None = off")
+
+    @model_validator(mode="after")
+    def _model_builds(self) -> Params:
+        """What build_metaformer and the training loop need, checked per sweep point."""
+        if len(self.dims) != len(self.depths):
+            raise ValueError(
+                f"depths: {self.depths} and dims {self.dims} give one value per stage, so they "
+                "need the same length"
+            )
+        if any(b <= a for a, b in zip(self.dims, self.dims[1:], strict=False)):
+            raise ValueError(
+                f"dims: must increase ({self.dims}): timm skips downsampling otherwise"
+            )
+        odd = [d for d in self.dims[self._first_attention() :] if d % HEAD_DIM]
+        if odd:
+            raise ValueError(
+                f"dims: the attention stages of mixer {self.mixer} need multiples of the head "
+                f"dimension {HEAD_DIM}, got {odd}"
+            )
+        if self.warmup_epochs >= self.epochs:  # make_scheduler would cut the warmup short
+            raise ValueError(
+                f"warmup_epochs: {self.warmup_epochs} must be less than epochs ({self.epochs}): "
+                "the lr warms up, then decays over the remaining epochs"
+            )
+        if self.augment == "heavy" and self.batch_size % 2:
+            raise ValueError(
+                f"batch_size: augment heavy (Mixup/CutMix) pairs up a batch, so it must be even, "
+                f"got {self.batch_size}"
+            )
+        return self
+
+    def _first_attention(self) -> int:
+        """Index of the first attention stage (len(dims) when there is none); see
+        mixers._mixers: the hybrid runs pooling in the first half, attention after."""
+        stages = len(self.dims)
+        return {"attention": 0, "hybrid": stages // 2}.get(self.mixer, stages)
 
 
 def model_config_for(p: Params, image_size: int, names: list[str]) -> dict[str, Any]:
@@ -147,6 +186,15 @@ class MetaFormerStudy(Study):
         "Need for Vision' (CVPR)"
     )
     Params = Params
+    # FIFO only. The verdict compares the mixers at the end of a full cosine schedule (the
+    # lr decays to zero); ASHA would stop the mixers that learn slowest early on (attention)
+    # and the verdict would read their early accuracy as final. PBT would copy one mixer's
+    # weights into a trial of another architecture.
+    schedulers = ("fifo",)
+    schedulers_reason = (
+        "the verdict compares every mixer after its full schedule; ASHA would judge slow "
+        "starters early, and PBT would copy weights between different architectures"
+    )
     defaults: ClassVar[dict] = {
         "data": {"name": "shapes", "size": 3600, "image_size": 16, "val_fraction": 0.25},
         "resources": {"cpu": 1},
@@ -171,6 +219,31 @@ class MetaFormerStudy(Study):
             "seeds": 1,
         },
     }
+
+    def check_spec(self, spec: Any, data: DataPlan | None) -> None:
+        """RGB input (the stem is a 3-channel conv), an image large enough for every stage
+        to stay 2x2 or larger, and a training set of at least one full batch (the loop
+        drops the last partial batch, so a smaller set would train on nothing)."""
+        if data is None:
+            return
+        if data.input_shape[0] != 3:
+            raise SpecError(
+                f"data.name: metaformer models take RGB (3-channel) images; {data.name} has "
+                f"{data.input_shape[0]} channel(s); use shapes or imagefolder"
+            )
+        side = data.input_shape[-1]
+        for p in sweep_params(spec, Params):
+            if min(stage_sizes(side, len(p.dims))) < 2:
+                need = 2 * 2 ** len(p.dims)
+                raise SpecError(
+                    f"data.image_size: {side} leaves a stage below 2x2 with {len(p.dims)} "
+                    f"stages (the stem and every later stage halve it); allowed: >= {need}"
+                )
+            if p.batch_size > data.n_train:
+                raise SpecError(
+                    f"train.batch_size: {p.batch_size} is more than the {data.n_train} training "
+                    f"images, and partial batches are dropped; allowed: <= {data.n_train}"
+                )
 
     def run_name(self, params: dict[str, Any], swept: list[str]) -> str:
         """e.g. `pool3-no_mlp-lr0.002-s1`."""

@@ -24,7 +24,7 @@ Is it enough? It is enough to compare the arms against each other within the see
 short of convergence, where a longer budget (Scratch-B) counts for more than at 160
 epochs, and 400 validation images resolve about 0.25 pp. The paper's setting (VGG-16 on
 CIFAR-10, 160 epochs, 5 seeds) is the ImageFolder path on a real cluster:
-`--set data.name=imagefolder --set data.path=... --set data.image_size=32
+`--set data.name=imagefolder --set data.path=... --set data.domain=null --set data.image_size=32
 --set train.width=64 --set train.epochs=160 --set train.finetune_epochs=40 --set sweep.seeds=5`.
 """
 
@@ -36,7 +36,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from jobs.pruning import models
@@ -51,6 +51,8 @@ from jobs.pruning.prune import (
     structured_prune,
 )
 from jobs.pruning.verdict import judge
+from skeptic.data import DataPlan
+from skeptic.spec import SpecError
 from skeptic.stages import StageContext
 from skeptic.study import Stage, Study, TrialResult, Verdict, register_study
 from skeptic.trial import TrialContext
@@ -86,6 +88,22 @@ class Params(BaseModel):
     finetune_epochs: int = Field(6, ge=1)
     retrain_lr: float = Field(0.1, gt=0, description="initial lr of the unstructured arms")
     scratch_b_cap: float = Field(2.0, ge=1, description="most epochs Scratch-B gets, x baseline")
+
+    @model_validator(mode="after")
+    def _every_conv_keeps_a_filter(self) -> Params:
+        """torch-pruning keeps int(channels x (1 - ratio)) filters of a conv and skips a conv
+        where that is 0, so past 1 - 1/width the narrowest convs (width filters) are not
+        pruned at all: the structured arms would compare models pruned far less than
+        `ratio` (at width 16, ratio 0.99 prunes nothing)."""
+        structured = self.method in ("fine_tuned", "scratch_e", "scratch_b")
+        if structured and int(self.width * (1 - self.ratio)) < 1:
+            most = 1 - 1 / self.width
+            raise ValueError(
+                f"ratio: {self.ratio} of the {self.width} filters of the narrowest convs "
+                f"(width) keeps none, and torch-pruning then leaves them unpruned; at "
+                f"width {self.width} allowed: ratio <= {most:.4g} (or a larger width)"
+            )
+        return self
 
 
 # The baseline depends on exactly these: every ratio and arm with the same values shares it.
@@ -227,6 +245,15 @@ class Pruning(Study):
     paper = "Liu, Sun, Zhou, Huang & Darrell 2019, 'Rethinking the Value of Network Pruning' (ICLR)"
     Params = Params
     stages = (Stage("baseline", BASELINE_FIELDS),)
+    # FIFO only. Fine-tuned trials start from the trained baseline and scratch ones from a
+    # random init, so at any equal iteration scratch is behind: ASHA would stop exactly the
+    # arms the verdict weighs against fine-tuning, and the verdict would read their early
+    # accuracy as final. PBT would copy a fine-tuned model into a "scratch" trial.
+    schedulers = ("fifo",)
+    schedulers_reason = (
+        "fine-tuned trials start trained and scratch ones from random init, so ASHA would "
+        "stop the scratch arms the verdict needs, and PBT would copy weights between arms"
+    )
     defaults: ClassVar[dict] = {
         "data": {
             "name": "shapes",
@@ -248,6 +275,15 @@ class Pruning(Study):
             "seeds": 1,
         },
     }
+
+    def check_spec(self, spec: Any, data: DataPlan | None) -> None:
+        """The VGG max-pools three times: a side below 8 pixels pools to nothing."""
+        least = 2 ** len(models.POOL_AFTER)
+        if data is not None and data.input_shape[-1] < least:
+            raise SpecError(
+                f"data.image_size: {data.input_shape[-1]} is pooled {len(models.POOL_AFTER)} "
+                f"times by the VGG, to nothing; allowed: >= {least}"
+            )
 
     def run_name(self, params: dict[str, Any], swept: list[str]) -> str:
         """e.g. `scratch_b-r0.5-s1`."""

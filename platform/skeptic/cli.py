@@ -80,7 +80,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from skeptic.runner import describe_plan
 
-        print(describe_plan(study, spec))
+        print(describe_plan(study, spec, args.address))
         return 0
     from skeptic.runner import run_sweep
 
@@ -114,7 +114,10 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     from skeptic import cluster
     from skeptic.store import check_store, resolve_tracking_uri
 
-    _, spec = _load(args)
+    study, spec = _load(args)
+    from skeptic.preflight import preflight
+
+    preflight(study, spec, local_data=False)  # the data lives on the cluster: checked there
     uri = resolve_tracking_uri(args.tracking_uri)
     address = cluster.cluster_address(args.address)
     cluster.check_job_locations(address, uri, args.storage)

@@ -29,6 +29,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTra
 
 from skeptic import store, tracking
 from skeptic.interrupt import Interrupted, StopOnSignal
+from skeptic.preflight import check_resources, preflight
 from skeptic.progress import Progress
 from skeptic.registry import Registration, register_champion, registered_before
 from skeptic.report import write_report
@@ -36,7 +37,6 @@ from skeptic.spec import Dim, Spec, SpecError, count_trials, grid_points, valida
 from skeptic.stages import (
     StageResults,
     StageSetup,
-    check_stage_fields,
     code_hash,
     plan,
     run_stages,
@@ -88,9 +88,9 @@ def swept_names(spec: Spec) -> list[str]:
     return (["arm"] if spec.sweep.arms else []) + names
 
 
-def describe_plan(study: Study, spec: Spec) -> str:
-    """What --dry-run prints: the trial count and every grid point."""
-    check_stage_fields(study, spec)
+def describe_plan(study: Study, spec: Spec, address: str | None = None) -> str:
+    """What --dry-run prints: the trial count and every grid point (after every check)."""
+    check_before_start(study, spec, address)
     points = grid_points(spec)
     lines = [
         (
@@ -133,21 +133,10 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
 
 
-def check_gpu_request(spec: Spec, address: str | None) -> None:
-    """Fail fast (before anything is started or logged) when a GPU is asked for and none exists."""
-    if spec.resources.gpu <= 0:
-        return
-    if address or ray.is_initialized():
-        init_ray(address)
-        available = ray.cluster_resources().get("GPU", 0)
-        where = f"the cluster at {address}" if address else "the running Ray instance"
-    else:
-        available = torch.cuda.device_count()
-        where = "this machine"
-    if available <= 0:
-        raise SpecError(
-            f"resources.gpu: {spec.resources.gpu} GPU per trial requested, but {where} has no GPU; set resources.gpu=0"
-        )
+def check_before_start(study: Study, spec: Spec, address: str | None) -> None:
+    """Everything a spec can be refused for, before Ray starts or anything is logged."""
+    preflight(study, spec)
+    check_resources(spec, address)
 
 
 # ---- data ----------------------------------------------------------------------
@@ -174,12 +163,8 @@ def _scheduler(spec: Spec, study: Study) -> Any:
         return ASHAScheduler(
             grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor, max_t=10_000
         )
-    if cfg.kind == "pbt":
+    if cfg.kind == "pbt":  # spec validation made sure there is a sampled dimension to mutate
         mutations = {k: _tune_dim(d) for k, d in random_dims(spec).items()}
-        if not mutations:
-            raise SpecError(
-                "sweep.scheduler.kind: pbt needs at least one choice/uniform/loguniform dimension in sweep.space to mutate"
-            )
         return PopulationBasedTraining(
             time_attr="training_iteration",
             perturbation_interval=cfg.perturbation_interval,
@@ -332,8 +317,7 @@ def run_sweep(
     register: str = "best",
 ) -> SweepOutcome:
     """Validate resources, prepare data once, open the parent run, run every trial, judge, register."""
-    check_gpu_request(spec, address)
-    check_stage_fields(study, spec)
+    check_before_start(study, spec, address)
     uri = store.resolve_tracking_uri(tracking_uri)
     sweep_id = f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     folder = Path(storage or DEFAULT_STORAGE).resolve() / study.name / sweep_id
@@ -368,6 +352,7 @@ def resume_sweep(
     store.check_store(record.tracking_uri, must_exist=True)
     study = get_study(record.study)
     spec = validate_spec(record.spec, study.Params)
+    check_before_start(study, spec, address)
     client = store.open_store(record.tracking_uri)
     print(f"resuming sweep {sweep_id}; preparing data", flush=True)
     data = study.prepare_data(spec)

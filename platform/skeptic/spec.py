@@ -9,8 +9,9 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -57,6 +58,7 @@ class Dim(_Strict):
 
 
 RULES = ("none", "linear", "sqrt")
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding (np.random.seed) takes 32-bit seeds
 
 
 class Derive(_Strict):
@@ -80,7 +82,7 @@ class Derive(_Strict):
     def factor(self, params: dict) -> float:
         rule = self.rule or params[self.rule_from]
         if rule not in RULES:
-            raise SpecError(f"{self.rule_from}: rule must be one of {RULES}, got {rule!r}")
+            raise SpecError(f"train.{self.rule_from}: rule must be one of {RULES}, got {rule!r}")
         ratio = params[self.source] / self.reference
         return {"none": 1.0, "linear": ratio, "sqrt": ratio**0.5}[rule]
 
@@ -91,13 +93,19 @@ class Scheduler(_Strict):
     reduction_factor: float = Field(2, gt=1)
     perturbation_interval: int = Field(2, ge=1)
 
+    # The scheduler each option configures: set for another kind, it would be ignored.
+    APPLIES_TO: ClassVar[dict[str, str]] = {
+        "grace_period": "asha", "reduction_factor": "asha", "perturbation_interval": "pbt",
+    }  # fmt: skip
+
 
 class Sweep(_Strict):
     space: dict[str, Dim] = {}
     derive: dict[str, Derive] = {}
     arms: dict[str, dict[str, Any]] = {}
     seeds: int = Field(1, ge=1)
-    base_seed: int = 0
+    # numpy seeds (np.random.default_rng, SeedSequence) must be non-negative
+    base_seed: int = Field(0, ge=0, le=MAX_SEED)
     num_samples: int = Field(1, ge=1)
     scheduler: Scheduler = Scheduler()
     max_concurrent_trials: int | None = Field(None, ge=1)
@@ -107,20 +115,24 @@ class Sweep(_Strict):
     share_stages: bool = True
 
 
+# Ray's resolution for fractional resources: finer requests are refused when a task starts.
+RESOURCE_UNIT = 0.0001
+
+
 class Resources(_Strict):
-    cpu: float = Field(1, gt=0)
+    cpu: float = Field(1, ge=RESOURCE_UNIT)
     gpu: float = Field(0, ge=0)  # per trial; fractional values pack trials on one GPU
-    bf16: bool = False  # bf16 autocast on CUDA (ignored on CPU)
+    bf16: bool = False  # bf16 autocast on CUDA, so it needs gpu > 0 (_check_resources)
 
 
 class Data(_Strict):
-    name: str = "shapes"
+    name: Literal["shapes", "digits", "imagefolder"] = "shapes"  # skeptic.data.DATASET_NAMES
     size: int = Field(2000, ge=10)
     val_fraction: float = Field(0.2, gt=0, lt=1)
     path: str | None = None
     domain: str | None = None
-    image_size: int = Field(32, ge=4)
-    seed: int = 0
+    image_size: int = Field(32, ge=4, le=512)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class Spec(_Strict):
@@ -190,11 +202,19 @@ def read_spec_file(path: str | Path) -> dict:
     return data
 
 
+# A model validator cannot point at a field; its message may start with one ("depths: ...").
+_FIELD_FIRST = re.compile(r"(?P<field>[A-Za-z_]\w*): (?P<rest>.*)", re.DOTALL)
+
+
 def _format_errors(err: ValidationError, prefix: str = "") -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
-        msg = e["msg"]
+        where = [prefix, *e["loc"]]
+        msg = e["msg"].removeprefix("Value error, ")
+        named = _FIELD_FIRST.fullmatch(msg) if e["type"] == "value_error" else None
+        if named and not e["loc"]:
+            where, msg = [prefix, named["field"]], named["rest"]
+        loc = ".".join(str(p) for p in where if p != "")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         elif e["type"] == "literal_error":
@@ -221,8 +241,76 @@ def validate_spec(raw: dict, params_model: type[BaseModel]) -> Spec:
             if section is not None:
                 hint = f" ({_allowed(section, '.'.join(map(str, bad[0][:-1])) or 'the spec')})"
         raise SpecError(_format_errors(err) + hint) from None
+    _check_resources(spec.resources)
+    _check_sweep(spec.sweep)
+    _check_data(spec.data)
     _validate_params(spec, params_model)
     return spec
+
+
+def _check_resources(r: Resources) -> None:
+    """What Ray or the trial would refuse or ignore once the sweep runs."""
+    if 0 < r.gpu < RESOURCE_UNIT:
+        raise SpecError(
+            f"resources.gpu: {r.gpu} is below Ray's resolution; use 0 or >= {RESOURCE_UNIT}"
+        )
+    if r.gpu > 1 and not float(r.gpu).is_integer():
+        raise SpecError(
+            f"resources.gpu: {r.gpu} GPUs per trial; above 1 Ray takes whole GPUs only "
+            "(fractions below 1, such as 0.25, pack trials on one GPU)"
+        )
+    if r.bf16 and r.gpu == 0:
+        raise SpecError(
+            "resources.bf16: bf16 autocast runs on CUDA only, and resources.gpu=0 runs every "
+            "trial on the CPU, where it would be ignored; set resources.gpu > 0 or bf16=false"
+        )
+
+
+def _check_sweep(sweep: Sweep) -> None:
+    """Sweep options that would be ignored, or that Tune would refuse after Ray started."""
+    sampled = [name for name, dim in sweep.space.items() if dim.kind != "grid"]
+    cfg = sweep.scheduler
+    for name, kind in Scheduler.APPLIES_TO.items():
+        # compared with the default, not "was it given": a resolved spec (a submitted job's,
+        # a resumed sweep's) spells out every option
+        if cfg.kind != kind and getattr(cfg, name) != Scheduler.model_fields[name].default:
+            raise SpecError(
+                f"sweep.scheduler.{name}: applies to kind {kind} only, and kind is {cfg.kind}; "
+                f"unset it or set sweep.scheduler.kind={kind}"
+            )
+    if cfg.kind == "pbt" and not sampled:
+        raise SpecError(
+            "sweep.scheduler.kind: pbt needs at least one choice/uniform/loguniform dimension "
+            "in sweep.space to mutate"
+        )
+    if sweep.num_samples > 1 and not sampled:
+        raise SpecError(
+            f"sweep.num_samples: {sweep.num_samples} samples of a sweep with no "
+            "choice/uniform/loguniform dimension are identical trials (same seeds too); "
+            "use sweep.seeds for repeats, or add a sampled dimension"
+        )
+    for name in sampled:
+        arms = [arm for arm, values in sweep.arms.items() if name in values]
+        if arms:
+            raise SpecError(
+                f"sweep.space.{name}: sampled per trial, but arms {', '.join(arms)} set {name} "
+                "too and a trial's sampled value would replace the arm's (arms win over grid "
+                "dimensions only); make it a grid dimension or take it out of the arms"
+            )
+
+
+def _check_data(data: Data) -> None:
+    """The data section as the loaders would take it, without reading data.path (that
+    needs the machine the sweep runs on: skeptic.preflight checks it there)."""
+    from skeptic.data import DataError, plan_dataset  # numpy and the loaders: only when used
+
+    try:
+        plan_dataset(
+            data.name, data.size, data.val_fraction, data.domain, data.path, data.image_size,
+            scan=False,
+        )  # fmt: skip
+    except DataError as err:
+        raise SpecError(f"data.{err.field}: {err}") from None
 
 
 def _section_model(loc: tuple) -> type[BaseModel] | None:
@@ -241,7 +329,13 @@ def apply_derived(spec: Spec, values: dict) -> dict:
     """Return a copy of `values` with each derived parameter scaled by its rule."""
     out = dict(values)
     for target, rule in spec.sweep.derive.items():
-        out[target] = values[target] * rule.factor(values)
+        try:
+            out[target] = values[target] * rule.factor(values)
+        except TypeError:  # a str or None parameter: nothing to scale, or nothing to scale by
+            raise SpecError(
+                f"sweep.derive.{target}: {target}={values[target]!r} and "
+                f"{rule.source}={values[rule.source]!r} must both be numbers"
+            ) from None
     return out
 
 
@@ -267,16 +361,47 @@ def _validate_params(spec: Spec, params_model: type[BaseModel]) -> None:
                 f"(allowed: {', '.join(sorted(known))})"
             )
     _check_params(params_model, spec.train, "")
+    sweep_params(spec, params_model)
+
+
+def sweep_params(spec: Spec, params_model: type[BaseModel]) -> list[BaseModel]:
+    """The validated parameters of every grid point, and of every grid point with each
+    probe value of each sampled dimension (its choices; a range's bounds and a value
+    inside it). Raises SpecError naming the field. Studies check cross-field constraints
+    over these (every combination of grid values and arms is among them)."""
+    out = []
     for point in grid_points(spec):
-        resolve_params(spec, params_model, point)
-    for name, dim in spec.sweep.space.items():
-        for bound in dim.uniform or dim.loguniform or ():
-            _check_params(params_model, {**spec.train, name: bound}, f" (sweep.space.{name} bound)")
+        out.append(resolve_params(spec, params_model, point))
+        for name, dim in spec.sweep.space.items():
+            for value in _probes(dim):
+                where = f"sweep.space.{name}={value!r}"
+                out.append(resolve_params(spec, params_model, {**point, name: value}, where))
+    return out
 
 
-def resolve_params(spec: Spec, params_model: type[BaseModel], point: dict) -> BaseModel:
-    """The trial's validated parameters: train defaults + sweep point, then derived values."""
+def _probes(dim: Dim) -> list[Any]:
+    """Values a sampled dimension can take that validation should see: every choice; for a
+    range both bounds and an inside value that is not a whole number (uniform and loguniform
+    sample floats, so an integer parameter would fail on almost every trial)."""
+    if dim.kind == "grid":
+        return []
+    if dim.kind == "choice":
+        return list(dim.choice)
+    low, high = dim.uniform or dim.loguniform
+    inside = low + (high - low) * 0.4142
+    if float(inside).is_integer():
+        inside += (high - low) * 1e-6
+    return [low, high, inside]
+
+
+def resolve_params(
+    spec: Spec, params_model: type[BaseModel], point: dict, sample: str = ""
+) -> BaseModel:
+    """The trial's validated parameters: train defaults + sweep point, then derived values.
+    `sample` names the sampled value in `point`, if any, for the error message."""
     where = f" (in sweep point {point})" if point else ""
+    if sample:
+        where = f" (with {sample} in sweep point {point})"
     base = _check_params(params_model, {**spec.train, **point}, where)
     derived = apply_derived(spec, base.model_dump())
     return _check_params(params_model, derived, f" (after derive{where})")

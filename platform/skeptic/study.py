@@ -22,6 +22,7 @@ from pydantic import BaseModel
 if TYPE_CHECKING:
     import torch
 
+    from skeptic.data import DataPlan
     from skeptic.stages import StageContext
     from skeptic.trial import TrialContext
 
@@ -86,6 +87,14 @@ class Study(ABC):
     metric: ClassVar[str] = "val_acc"  # what Tune optimises and the champion is chosen by
     mode: ClassVar[str] = "max"
     stages: ClassVar[tuple[Stage, ...]] = ()  # upstream stages, in the order they run
+    # The Tune schedulers (sweep.scheduler.kind) whose decisions the verdict can live with,
+    # and why the others are not (shown in the error). ASHA stops trials by comparing their
+    # metric at the same iteration, so it needs trials whose iterations are comparable and
+    # a verdict that does not read a stopped trial's last value as its result; PBT copies a
+    # better trial's weights and config (its arm, its grid point) into a worse one, so it
+    # suits a search for one best model, not a comparison of arms.
+    schedulers: ClassVar[tuple[str, ...]] = ("fifo", "asha", "pbt")
+    schedulers_reason: ClassVar[str] = ""
 
     def prepare_data(self, spec: Any) -> dict[str, Any]:
         """Built once per sweep on the driver and shared with every trial via the object store.
@@ -102,6 +111,23 @@ class Study(ABC):
             "x_train": ds.x_train, "y_train": ds.y_train,
             "x_val": ds.x_val, "y_val": ds.y_val, "classes": list(ds.classes),
         }  # fmt: skip
+
+    def check_data(self, spec: Any, *, scan: bool = True) -> DataPlan | None:
+        """What `prepare_data` would build, checked without building it (spec time, before
+        Ray or MLflow start); raise SpecError (or skeptic.data.DataError, for a field of the
+        data section) naming the field. A study that overrides prepare_data overrides this.
+        `scan=False`: do not read data.path (it may exist only where the sweep will run)."""
+        from skeptic.data import plan_dataset
+
+        d = spec.data
+        return plan_dataset(
+            d.name, d.size, d.val_fraction, d.domain, d.path, d.image_size, scan=scan
+        )
+
+    def check_spec(self, spec: Any, data: DataPlan | None) -> None:
+        """Constraints between the spec's sections that no single field's validation sees
+        (e.g. the image size a model needs); `data` is what check_data returned. Raise
+        SpecError naming the field. Checks within one trial's parameters belong in Params."""
 
     @abstractmethod
     def train(self, ctx: TrialContext) -> None:

@@ -2,11 +2,16 @@
 
 from skeptic.data.datasets import (
     DATASET_NAMES,
+    MAX_DATA_BYTES,
+    DataError,
+    DataPlan,
     Dataset,
     dataset_hash,
     load_dataset,
+    plan_dataset,
     stratified_split,
     stratified_subset,
+    val_count,
 )
 from skeptic.data.digits import DIGIT_NAMES, load_digits_arrays
 from skeptic.data.imagefolder import (
@@ -15,8 +20,9 @@ from skeptic.data.imagefolder import (
     load_domain_folder,
     load_imagefolder,
     scan_imagefolder,
+    survey_imagefolder,
 )
-from skeptic.data.shapes import CLASS_NAMES, DOMAINS, Domain, make_shapes
+from skeptic.data.shapes import CLASS_NAMES, DOMAINS, Domain, class_counts, make_shapes
 
 __all__ = [
     "CLASS_NAMES",
@@ -24,8 +30,12 @@ __all__ = [
     "DIGIT_NAMES",
     "DOMAINS",
     "IMAGE_EXTENSIONS",
+    "MAX_DATA_BYTES",
+    "DataError",
+    "DataPlan",
     "Dataset",
     "Domain",
+    "class_counts",
     "dataset_hash",
     "domain_root",
     "load_dataset",
@@ -33,7 +43,10 @@ __all__ = [
     "load_domain_folder",
     "load_imagefolder",
     "make_shapes",
+    "plan_dataset",
     "scan_imagefolder",
     "stratified_split",
     "stratified_subset",
+    "survey_imagefolder",
+    "val_count",
 ]

@@ -10,10 +10,70 @@ from pathlib import Path
 import numpy as np
 
 from skeptic.data.digits import DIGIT_NAMES, load_digits_arrays
-from skeptic.data.imagefolder import domain_root, read_images, scan_imagefolder
-from skeptic.data.shapes import CLASS_NAMES, make_shapes, proportional_counts
+from skeptic.data.imagefolder import (
+    domain_root,
+    read_images,
+    scan_imagefolder,
+    survey_imagefolder,
+)
+from skeptic.data.shapes import (
+    CLASS_NAMES,
+    DOMAINS,
+    MAX_SIZE,
+    MIN_SIZE,
+    class_counts,
+    make_shapes,
+    proportional_counts,
+)
 
 DATASET_NAMES = ("shapes", "digits", "imagefolder")
+
+# A dataset is held as float32 arrays on the driver, then copied once into Ray's object
+# store: bound it, so a typo in data.size fails at once instead of allocating until
+# MemoryError. 4 GiB holds CIFAR-10 at 32x32 six times over and fits the object store of
+# a 16 GB machine.
+MAX_DATA_BYTES = 4 * 2**30
+# Image sides per dataset: shapes' own limits (see shapes.MIN_SIZE); files are decoded one
+# at a time, so only the array bounds them, and 512 is past every common benchmark's side
+# (the spec's data.image_size allows 4..512 for any dataset).
+IMAGE_SIZES = {"shapes": (MIN_SIZE, MAX_SIZE), "imagefolder": (4, 512)}
+DIGITS_SHAPE = (1, 8, 8)
+
+
+class DataError(ValueError):
+    """A data section the loaders cannot serve. `field` is the key of the spec's data
+    section at fault (name, path, domain, size, image_size, val_fraction)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """What `load_dataset` would return, known without generating or decoding an image."""
+
+    name: str
+    classes: list[str]
+    class_counts: list[int]  # samples per class that are kept (after the data.size cap)
+    input_shape: tuple[int, int, int]
+    val_fraction: float
+
+    @property
+    def size(self) -> int:
+        return sum(self.class_counts)
+
+    @property
+    def val_counts(self) -> list[int]:
+        return [val_count(n, self.val_fraction) for n in self.class_counts]
+
+    @property
+    def n_val(self) -> int:
+        return sum(self.val_counts)
+
+    @property
+    def n_train(self) -> int:
+        return self.size - self.n_val
 
 
 @dataclass
@@ -103,6 +163,129 @@ def _load_folder(
     return read_images(list(paths), image_size), labels, classes
 
 
+# ---- spec-time checks: what load_dataset would do, without doing it ------------------------
+
+
+def plan_dataset(
+    name: str,
+    size: int,
+    val_fraction: float = 0.2,
+    domain: str | None = None,
+    path: str | None = None,
+    image_size: int = 32,
+    *,
+    scan: bool = True,
+) -> DataPlan | None:
+    """Check the arguments of `load_dataset` the way it would use them, and say what it
+    would load; raises DataError naming the field and what is allowed.
+
+    Cheap: shapes are counted, not drawn; an image folder is listed, not decoded (one header
+    per class is read). `scan=False` skips everything that reads `path` (the folder may
+    exist only on the cluster a job is submitted to) and then returns None for imagefolder.
+    """
+    if name not in DATASET_NAMES:
+        raise DataError("name", f"unknown dataset {name!r}; allowed: {', '.join(DATASET_NAMES)}")
+    if not 0 < val_fraction < 1:
+        raise DataError("val_fraction", f"must be in (0, 1), got {val_fraction}")
+    if name != "imagefolder" and path is not None:
+        raise DataError("path", f"applies to data.name=imagefolder only, not {name!r}; unset it")
+    found = _SOURCES[name](size, domain, path, image_size, scan)
+    if found is None:
+        return None
+    classes, counts, shape = found
+    if sum(counts) > size:  # capped to `size`, keeping each class's share (stratified_subset)
+        counts = proportional_counts(size, np.asarray(counts)).tolist()
+    _check_bytes(sum(counts), shape)
+    plan = DataPlan(name, classes, counts, shape, val_fraction)
+    if plan.n_train == 0 or plan.n_val == 0:
+        raise DataError(
+            "size",
+            f"{plan.size} samples in {len(classes)} classes leave {plan.n_train} for training "
+            f"and {plan.n_val} for validation at val_fraction {val_fraction}; give at least "
+            f"2 per class (data.size >= {2 * len(classes)})",
+        )
+    return plan
+
+
+Source = tuple[list[str], list[int], tuple[int, int, int]]  # classes, counts, sample shape
+
+
+def _shapes_source(
+    size: int, domain: str | None, path: str | None, image_size: int, scan: bool
+) -> Source:
+    _check_image_size("shapes", image_size)
+    if domain is not None and domain not in DOMAINS:
+        raise DataError(
+            "domain", f"unknown shapes domain {domain!r}; allowed: {', '.join(DOMAINS)}"
+        )
+    shape = (3, image_size, image_size)
+    _check_bytes(size, shape)  # before counting: generated data has exactly `size` images
+    return list(CLASS_NAMES), class_counts(size).tolist(), shape
+
+
+def _digits_source(
+    size: int, domain: str | None, path: str | None, image_size: int, scan: bool
+) -> Source:
+    # image_size does not apply: the digits are 8x8 (studies read the shape from the data)
+    if domain is not None:
+        raise DataError("domain", f"the digits dataset has no domains; unset it (got {domain!r})")
+    _, y = load_digits_arrays()
+    return list(DIGIT_NAMES), np.bincount(y, minlength=len(DIGIT_NAMES)).tolist(), DIGITS_SHAPE
+
+
+def _folder_source(
+    size: int, domain: str | None, path: str | None, image_size: int, scan: bool
+) -> Source | None:
+    _check_image_size("imagefolder", image_size)
+    if path is None:
+        raise DataError("path", "data.name=imagefolder needs data.path=<root>/<class>/<image>")
+    if not scan:
+        return None
+    classes, counts = _survey(path, domain)
+    return classes, counts, (3, image_size, image_size)
+
+
+_SOURCES = {"shapes": _shapes_source, "digits": _digits_source, "imagefolder": _folder_source}
+
+
+def _check_image_size(name: str, image_size: int) -> None:
+    low, high = IMAGE_SIZES[name]
+    if not low <= image_size <= high:
+        raise DataError(
+            "image_size", f"{name} images must be {low}..{high} pixels, got {image_size}"
+        )
+
+
+def _check_bytes(n: int, shape: tuple[int, ...]) -> None:
+    nbytes = n * int(np.prod(shape)) * 4
+    if nbytes > MAX_DATA_BYTES:
+        most = MAX_DATA_BYTES // (int(np.prod(shape)) * 4)
+        side = "x".join(map(str, shape))
+        raise DataError(
+            "size",
+            f"{n} images of {side} float32 take {nbytes / 2**30:.3g} GiB; the data may take "
+            f"at most {MAX_DATA_BYTES / 2**30:g} GiB (size x channels x image_size^2 x 4 "
+            f"bytes), so data.size <= {most} at this image size",
+        )
+
+
+def _survey(path: str, domain: str | None) -> tuple[list[str], list[int]]:
+    """The image folder (or one domain of it) as the loader would read it."""
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError("path", f"no such folder: {root}")
+    if domain is not None:
+        try:
+            root = domain_root(root, domain)
+        except (OSError, ValueError) as err:
+            hint = f"; data.domain=null reads {path} itself as <class>/<image>"
+            raise DataError("domain", f"{err}{hint}") from None
+    try:
+        return survey_imagefolder(root)
+    except (OSError, ValueError) as err:
+        raise DataError("path", str(err)) from None
+
+
 def stratified_subset(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """Sorted indices of `k` samples keeping each class's share (largest-remainder rounding)."""
     classes, counts = np.unique(labels, return_counts=True)
@@ -111,6 +294,15 @@ def stratified_subset(labels: np.ndarray, k: int, rng: np.random.Generator) -> n
         rng.permutation(np.flatnonzero(labels == c))[:t] for c, t in zip(classes, take, strict=True)
     ]
     return np.sort(np.concatenate(picked))
+
+
+def val_count(n: int, val_fraction: float) -> int:
+    """How many of a class's `n` samples `stratified_split` puts in val: about
+    val_fraction, but at least one and not all of them when the class has two or more."""
+    n_val = round(n * val_fraction)
+    if n >= 2:
+        n_val = min(max(n_val, 1), n - 1)
+    return n_val
 
 
 def stratified_split(
@@ -123,9 +315,7 @@ def stratified_split(
     train, val = [], []
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
-        n_val = round(len(idx) * val_fraction)
-        if len(idx) >= 2:
-            n_val = min(max(n_val, 1), len(idx) - 1)
+        n_val = val_count(len(idx), val_fraction)
         val.append(idx[:n_val])
         train.append(idx[n_val:])
     train_idx, val_idx = np.concatenate(train), np.concatenate(val)

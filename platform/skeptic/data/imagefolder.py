@@ -30,6 +30,43 @@ def scan_imagefolder(root: str | Path) -> tuple[list[str], list[list[Path]]]:
     return [d.name for d in class_dirs], files
 
 
+# The files of the CIFAR-10 "python version" archive: recognised only to say what to do.
+_CIFAR_BATCHES = ("data_batch_1", "batches.meta", "test_batch")
+
+
+def survey_imagefolder(root: str | Path) -> tuple[list[str], list[int]]:
+    """Whether `root` can train a classifier, cheaply (no image is decoded): its class names
+    and images per class. Raises FileNotFoundError / ValueError saying what is wrong.
+
+    Beyond `scan_imagefolder`: at least two classes (one class is nothing to classify), and
+    the header of each class's first image must read, so a folder of files that merely end
+    in .png fails here rather than in the middle of a sweep."""
+    root = Path(root)
+    if root.is_dir() and any((root / name).is_file() for name in _CIFAR_BATCHES):
+        raise ValueError(
+            f"{root} holds CIFAR-10 python batches, which the image-folder loader does not "
+            f"read; export them as {root}/<class>/<image>.png (e.g. torchvision's CIFAR10 "
+            "dataset, saving each image under its class name)"
+        )
+    classes, files = scan_imagefolder(root)
+    if len(classes) < 2:
+        raise ValueError(
+            f"{root} has {len(classes)} class folder ({classes[0]}); a classifier needs at "
+            f"least 2 ({root}/<class>/<image>)"
+        )
+    for f in files:
+        _check_header(f[0])
+    return classes, [len(f) for f in files]
+
+
+def _check_header(path: Path) -> None:
+    try:
+        with Image.open(path):  # reads the header only
+            pass
+    except _UNREADABLE as e:
+        raise ValueError(f"cannot read image {path}: {e}") from e
+
+
 def _subdirs(folder: Path) -> list[Path]:
     # Hidden folders (.ipynb_checkpoints, .DS_Store-style clutter) are never classes.
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -30,6 +30,10 @@ NUM_CLASSES = len(CLASS_NAMES)
 
 # Rendering in fixed-size chunks bounds memory; fixed so the noise stream stays deterministic.
 _CHUNK = 4096
+# Image sides make_shapes accepts. Below 8 the shapes are sub-pixel; above 128 one chunk's
+# temporaries (about 6x the chunk's images: 4.4 GB peak measured at 128) outgrow the memory
+# of a small machine, whatever the number of images.
+MIN_SIZE, MAX_SIZE = 8, 128
 
 
 @dataclass(frozen=True)
@@ -288,6 +292,16 @@ def _render(
     return out
 
 
+def class_counts(
+    n: int,
+    class_priors: Sequence[float] | None = None,
+    classes: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Images per class that `make_shapes` draws for these arguments, without drawing any
+    (what spec-time checks count shots and splits from)."""
+    return proportional_counts(n, _class_probs(class_priors, classes))
+
+
 def make_shapes(
     n: int,
     seed: int,
@@ -304,13 +318,13 @@ def make_shapes(
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    if size < 8:
-        raise ValueError(f"size must be >= 8, got {size}")
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise ValueError(f"size must be in {MIN_SIZE}..{MAX_SIZE}, got {size}")
     if domain not in DOMAINS:
         raise ValueError(f"unknown domain {domain!r}; allowed: {', '.join(DOMAINS)}")
-    probs = _class_probs(class_priors, classes)
+    counts = class_counts(n, class_priors, classes)
     rng = np.random.default_rng(seed)
-    labels = np.repeat(np.arange(NUM_CLASSES, dtype=np.int64), proportional_counts(n, probs))
+    labels = np.repeat(np.arange(NUM_CLASSES, dtype=np.int64), counts)
     labels = labels[rng.permutation(n)]
     params = _draw_scenes(rng, labels, size)
     return _render(params, labels, DOMAINS[domain], size, seed), labels
