@@ -74,3 +74,39 @@ def test_relative_sqlite_tracking_uri_is_made_absolute(tmp_path, monkeypatch) ->
     assert resolve_tracking_uri("sqlite:///runs.db") == f"sqlite:///{tmp_path / 'runs.db'}"
     assert resolve_tracking_uri("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
     assert resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+USER_ERRORS = [
+    (["resume", "no-such-sweep"], "sweep 'no-such-sweep'"),
+    (["submit", "large_batch", "--smoke"], "--address"),
+    (["jobs", "--address", "not an address"], "--address"),
+    (["status", "some-job"], "--address"),
+    (["logs", "some-job", "--address", "http://127.0.0.1:1"], "--address"),
+    (["stop", "some-job", "--address", "http://127.0.0.1:1"], "--address"),
+    (["serve", "large_batch@champion"], "--tracking-uri"),  # no store here yet
+    (["query", "large_batch", "missing.png"], "image not found"),
+    (["ui", "--tracking-uri", "bogus://x"], "--tracking-uri"),
+    (["run", "large_batch", "--smoke", "--tracking-uri", "bogus://x"], "--tracking-uri"),
+    (["run", "large_batch", "--smoke", "--tracking-uri", "http://127.0.0.1:1"], "unreachable"),
+]
+
+
+@pytest.mark.parametrize(("argv", "named"), USER_ERRORS, ids=[a[0] for a, _ in USER_ERRORS])
+def test_a_user_error_is_one_line_and_exit_2_in_every_command(
+    argv, named, capsys, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    for key in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "SKEPTIC_DEBUG"):
+        monkeypatch.delenv(key, raising=False)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("skeptic: error: ") and named in err[0], err
+    assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+def test_skeptic_debug_shows_the_traceback(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SKEPTIC_DEBUG", "1")
+    assert main(["run", "large_batch", "--smoke", "--tracking-uri", "bogus://x"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "skeptic: error:" in err

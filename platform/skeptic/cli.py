@@ -353,12 +353,21 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     args.argv = argv
-    debug = os.environ.get("SKEPTIC_DEBUG") == "1" or getattr(args, "verbose", False)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    try:
+        return _run_command(args)
+    finally:
+        if previous is not None:  # a caller's own handler (tests, a notebook) comes back
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """Run the command; every error is one line (the traceback with SKEPTIC_DEBUG=1)."""
     from skeptic.interrupt import Interrupted
     from skeptic.study import SweepFailed
 
+    debug = os.environ.get("SKEPTIC_DEBUG") == "1" or getattr(args, "verbose", False)
     try:
         return args.func(args)
     except Interrupted as err:
