@@ -118,7 +118,7 @@ def register(root: Path, widths: list[int], depth: int, size: int) -> tuple[str,
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
     from jobs.large_batch.study import LargeBatch
-    from skeptic.registry import register_champion
+    from skeptic.champion import register_champion
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(uri)

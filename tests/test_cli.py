@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -91,9 +92,18 @@ USER_ERRORS = [
 ]
 
 
+@pytest.fixture
+def environment_kept():
+    """Commands set Ray's client environment in os.environ (serve does): undo it."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.mark.parametrize(("argv", "named"), USER_ERRORS, ids=[a[0] for a, _ in USER_ERRORS])
 def test_a_user_error_is_one_line_and_exit_2_in_every_command(
-    argv, named, capsys, tmp_path, monkeypatch
+    argv, named, capsys, tmp_path, monkeypatch, environment_kept
 ):
     monkeypatch.chdir(tmp_path)
     for key in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "SKEPTIC_DEBUG"):

@@ -1,7 +1,8 @@
-"""The data layer: procedural shapes, digits, image folders, load_dataset and dataset_hash."""
+"""The data layer: procedural shapes, digits, image folders, load_dataset and data_hash."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from skeptic.data import (
     DIGIT_NAMES,
     DOMAINS,
     Dataset,
-    dataset_hash,
+    data_hash,
     load_dataset,
     load_digits_arrays,
     load_domain_folder,
@@ -206,7 +207,7 @@ def test_office_layout(tmp_path: Path) -> None:
         load_domain_folder(tmp_path, "dslr")
 
 
-# --- load_dataset and dataset_hash ------------------------------------------------------------
+# --- load_dataset and data_hash ------------------------------------------------------------
 
 
 def test_load_dataset_shapes_stratified_and_deterministic() -> None:
@@ -219,9 +220,9 @@ def test_load_dataset_shapes_stratified_and_deterministic() -> None:
     # Shuffled, not sorted by class.
     assert not np.all(np.diff(ds.y_train) >= 0)
     again = load_dataset("shapes", size=500, val_fraction=0.2, seed=1, image_size=16)
-    assert dataset_hash(ds) == dataset_hash(again)
+    assert data_hash(asdict(ds)) == data_hash(asdict(again))
     other = load_dataset("shapes", size=500, val_fraction=0.2, seed=2, image_size=16)
-    assert dataset_hash(ds) != dataset_hash(other)
+    assert data_hash(asdict(ds)) != data_hash(asdict(other))
 
 
 def test_load_dataset_shapes_domain() -> None:
@@ -269,13 +270,13 @@ def test_load_dataset_errors(tmp_path: Path) -> None:
         load_dataset("imagefolder", size=10, path=str(tmp_path / "missing"))
 
 
-def test_dataset_hash_tracks_content() -> None:
+def test_data_hash_tracks_content() -> None:
     ds = load_dataset("digits", size=100)
-    h = dataset_hash(ds)
-    assert len(h) == 64 and h == dataset_hash(load_dataset("digits", size=100))
+    h = data_hash(asdict(ds))
+    assert len(h) == 64 and h == data_hash(asdict(load_dataset("digits", size=100)))
     ds.x_train[0, 0, 0, 0] += 0.5
-    assert dataset_hash(ds) != h
+    assert data_hash(asdict(ds)) != h
     ds.x_train[0, 0, 0, 0] -= 0.5
-    assert dataset_hash(ds) == h
+    assert data_hash(asdict(ds)) == h
     ds.classes = ds.classes[::-1]
-    assert dataset_hash(ds) != h
+    assert data_hash(asdict(ds)) != h

@@ -23,7 +23,7 @@ from jobs.few_shot.sfuda import (
 from jobs.few_shot.study import FewShot, Params, SmallCNN
 from jobs.few_shot.verdict import judge
 from skeptic.spec import load_spec
-from skeptic.stages import StageContext
+from skeptic.stages import RunningStage
 from skeptic.study import TrialResult
 
 CPU = torch.device("cpu")
@@ -203,7 +203,7 @@ def test_tuned_parameters_freeze_the_rest():
 def _stage(study, data, params: Params, name: str, upstream: dict) -> dict:
     stage = next(s for s in study.stages if s.name == name)
     config = {f: getattr(params, f) for f in stage.depends_on}
-    return study.run_stage(name, StageContext(name, config, 0, CPU, data, upstream))
+    return study.run_stage(name, RunningStage(name, config, 0, CPU, data, upstream))
 
 
 def _write_office(root, domains=("amazon", "webcam"), classes=("bike", "cup", "mug"), n=10):

@@ -33,7 +33,7 @@ from jobs.pruning.study import (
 )
 from skeptic.cli import main
 from skeptic.data import load_dataset
-from skeptic.stages import StageContext
+from skeptic.stages import RunningStage
 
 SHAPE = [3, 8, 8]
 CLASSES = [str(i) for i in range(10)]
@@ -54,7 +54,7 @@ def data() -> dict:
 @pytest.fixture(scope="module")
 def baseline(data) -> dict:
     p = Params(width=4, epochs=2, batch_size=32)
-    ctx = StageContext(
+    ctx = RunningStage(
         "baseline", {k: getattr(p, k) for k in BASELINE_FIELDS}, 0, torch.device("cpu"), data, {}
     )
     return Pruning().run_stage("baseline", ctx)

@@ -89,7 +89,7 @@ def _register(uri: str, artifacts: Path, seed: int, verdict: str) -> tuple[str, 
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
     from jobs.large_batch.study import LargeBatch
-    from skeptic.registry import register_champion
+    from skeptic.champion import register_champion
 
     torch.manual_seed(seed)
     study = LargeBatch()

@@ -129,9 +129,9 @@ def test_unknown_arm_param_is_an_error():
 def test_autocast_is_a_no_op_on_cpu():
     import torch
 
-    from skeptic.trial import TrialContext
+    from skeptic.trial import RunningTrial
 
-    ctx = TrialContext(None, 0, torch.device("cpu"), {}, None, "r", bf16=True)
+    ctx = RunningTrial(None, 0, torch.device("cpu"), {}, None, "r", bf16=True)
     with ctx.autocast():
         out = torch.ones(2, 2) @ torch.ones(2, 2)
     assert out.dtype == torch.float32

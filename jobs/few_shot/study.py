@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -27,22 +27,28 @@ from jobs.few_shot import splits
 from jobs.few_shot.finetune import FT_METHODS, choose_lr, evaluate, finetune
 from jobs.few_shot.sfuda import SFUDA_METHODS, adapt
 from jobs.few_shot.verdict import judge
-from skeptic.data import (
-    CLASS_NAMES,
+from skeptic.api import (
     DataError,
     DataPlan,
+    SpecError,
+    Stage,
+    StageContext,
+    Study,
+    TrialContext,
+    TrialResult,
+    Verdict,
+    grid_points,
+    register_study,
+    sweep_params,
+)
+from skeptic.data import (
+    CLASS_NAMES,
     class_counts,
     load_domain_folder,
     make_shapes,
     plan_dataset,
     stratified_split,
 )
-from skeptic.spec import SpecError, grid_points, sweep_params
-from skeptic.study import Stage, Study, TrialResult, Verdict, register_study
-from skeptic.trial import TrialContext
-
-if TYPE_CHECKING:
-    from skeptic.stages import StageContext
 
 METHODS = (*FT_METHODS, *SFUDA_METHODS)
 
@@ -378,8 +384,8 @@ class FewShot(Study):
 
     # ---- one adaptation trial ----
 
-    def train(self, ctx: TrialContext) -> None:
-        p: Params = ctx.params
+    def train(self, ctx: TrialContext[Params]) -> None:
+        p = ctx.params
         data, dev = ctx.data, ctx.device
         self._check_data(p, data)
         source = ctx.upstream["source"]
@@ -409,7 +415,7 @@ class FewShot(Study):
         self._report(ctx, model, points, val, test, total, {**base, **extra}, config)
 
     def _few_shot(
-        self, p: Params, model: nn.Module, t: dict[str, torch.Tensor], ctx: TrialContext,
+        self, p: Params, model: nn.Module, t: dict[str, torch.Tensor], ctx: TrialContext[Params],
         chosen: dict[str, Any],
     ) -> tuple:  # fmt: skip
         """Sample the shots and start fine-tuning with the LR the "lr" stage chose."""
@@ -425,7 +431,7 @@ class FewShot(Study):
         return points, (x[val_idx], y[val_idx]), extra
 
     def _report(
-        self, ctx: TrialContext, model: nn.Module, points: Any, val: tuple | None, test: tuple,
+        self, ctx: TrialContext[Params], model: nn.Module, points: Any, val: tuple | None, test: tuple,
         total: int, base: dict[str, float], config: dict[str, Any],
     ) -> None:  # fmt: skip
         """Evaluate at every check: the selected model is the lowest-val-loss one for few-shot

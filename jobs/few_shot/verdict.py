@@ -26,8 +26,7 @@ import numpy as np
 from jobs.few_shot.finetune import FT_METHODS
 from jobs.few_shot.sfuda import SFUDA_METHODS
 from jobs.few_shot.splits import SCENARIOS
-from skeptic.stats import diff_se, summarize
-from skeptic.study import TrialResult, Verdict
+from skeptic.api import TrialResult, Verdict, diff_se, summarize
 
 METRIC = "test_acc"
 PAPER_NOTE = """### Protocol, and what this run does not do

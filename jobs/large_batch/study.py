@@ -18,10 +18,16 @@ from torch import nn
 
 from jobs.large_batch.ghost_bn import make_norm
 from jobs.large_batch.verdict import judge
-from skeptic.data import DataPlan
-from skeptic.spec import SpecError, sweep_params
-from skeptic.study import Study, TrialResult, Verdict, register_study
-from skeptic.trial import TrialContext
+from skeptic.api import (
+    DataPlan,
+    SpecError,
+    Study,
+    TrialContext,
+    TrialResult,
+    Verdict,
+    register_study,
+    sweep_params,
+)
 
 ARMS = {  # the paper's Table 1 arms; SB's batch size is base_batch
     "SB": {"lr_rule": "none", "ghost_batch": None, "regime": "fixed"},
@@ -174,8 +180,8 @@ class LargeBatch(Study):
             f"-gbn{gbn}-{params['regime']}-s{params['seed']}"
         )
 
-    def train(self, ctx: TrialContext) -> None:
-        p: Params = ctx.params
+    def train(self, ctx: TrialContext[Params]) -> None:
+        p = ctx.params
         data, dev = ctx.data, ctx.device
         x, y = (torch.tensor(data[k], device=dev) for k in ("x_train", "y_train"))
         xv, yv = (torch.tensor(data[k], device=dev) for k in ("x_val", "y_val"))

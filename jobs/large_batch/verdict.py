@@ -20,8 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from skeptic.stats import diff_se, summarize
-from skeptic.study import TrialResult, Verdict
+from skeptic.api import TrialResult, Verdict, diff_se, summarize
 
 ORDER = ["LB", "+LR", "+GBN", "+RA"]  # the paper's Table 1, each arm adding one fix
 PAPER_NOTE = """### For comparison: the paper at full scale

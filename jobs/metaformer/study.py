@@ -30,10 +30,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from jobs.metaformer.mixers import ABLATIONS, HEAD_DIM, MIXERS, build_metaformer, stage_sizes
 from jobs.metaformer.verdict import judge
-from skeptic.data import DataPlan
-from skeptic.spec import SpecError, sweep_params
-from skeptic.study import Study, TrialResult, Verdict, register_study
-from skeptic.trial import TrialContext
+from skeptic.api import (
+    DataPlan,
+    SpecError,
+    Study,
+    TrialContext,
+    TrialResult,
+    Verdict,
+    register_study,
+    sweep_params,
+)
 
 Mixer = Literal[MIXERS]  # type: ignore[valid-type]
 Ablation = Literal[ABLATIONS]  # type: ignore[valid-type]
@@ -249,8 +255,8 @@ class MetaFormerStudy(Study):
         """e.g. `pool3-no_mlp-lr0.002-s1`."""
         return f"{params.get('arm', params['mixer'])}-lr{params['lr']:.3g}-s{params['seed']}"
 
-    def train(self, ctx: TrialContext) -> None:
-        p: Params = ctx.params
+    def train(self, ctx: TrialContext[Params]) -> None:
+        p = ctx.params
         data, dev = ctx.data, ctx.device
         x, y = (torch.tensor(data[k], device=dev) for k in ("x_train", "y_train"))
         xv, yv = (torch.tensor(data[k], device=dev) for k in ("x_val", "y_val"))

@@ -30,8 +30,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from skeptic.stats import diff_se, summarize
-from skeptic.study import TrialResult, Verdict
+from skeptic.api import TrialResult, Verdict, diff_se, summarize
 
 POOL, ATTN, CONTROLS = "pool3", "attention", ("identity", "random")
 # Paper Table 5 (ImageNet top-1 %, PoolFormer-S12 at 77.2): which ablations collapsed.

@@ -51,11 +51,17 @@ from jobs.pruning.prune import (
     structured_prune,
 )
 from jobs.pruning.verdict import judge
-from skeptic.data import DataPlan
-from skeptic.spec import SpecError
-from skeptic.stages import StageContext
-from skeptic.study import Stage, Study, TrialResult, Verdict, register_study
-from skeptic.trial import TrialContext
+from skeptic.api import (
+    DataPlan,
+    SpecError,
+    Stage,
+    StageContext,
+    Study,
+    TrialContext,
+    TrialResult,
+    Verdict,
+    register_study,
+)
 
 LR_DROPS = (0.5, 0.75)  # lr /= 10 at these fractions of training (the paper's schedule)
 RESEED = 10_007  # offset for "random init" arms, so they never replay the baseline's init
@@ -314,8 +320,8 @@ class Pruning(Study):
 
     # --- one trial -------------------------------------------------------------------------
 
-    def train(self, ctx: TrialContext) -> None:
-        p: Params = ctx.params
+    def train(self, ctx: TrialContext[Params]) -> None:
+        p = ctx.params
         plan = plan_trial(p, ctx.upstream["baseline"], ctx.seed)
         data = tensors(ctx.data, ctx.device)
         model = models.build(plan.config)

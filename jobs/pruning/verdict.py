@@ -27,8 +27,7 @@ import torch
 
 from jobs.pruning import models
 from jobs.pruning.prune import count_flops, count_params, latency_pair_ms, structured_prune
-from skeptic.stats import diff_se, summarize
-from skeptic.study import TrialResult, Verdict
+from skeptic.api import TrialResult, Verdict, diff_se, summarize
 
 STRUCTURED = ["fine_tuned", "scratch_e", "scratch_b"]
 MIN_GAP = 0.0025

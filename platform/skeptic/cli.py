@@ -78,7 +78,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     check_store(uri)
     check_run_locations(uri, args.storage)
     if args.dry_run:
-        from skeptic.runner import describe_plan
+        from skeptic.planning import describe_plan
 
         print(describe_plan(study, spec, args.address))
         return 0

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any, Self
 
+from skeptic.schema import Outcome
+
 EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as shells do
 # Tune's graceful stop listens on SIGUSR1 as well as SIGINT; with its SIGINT handler
 # switched off, SIGINT stays ours and we pass the request on through SIGUSR1's handler.
@@ -51,10 +53,11 @@ def _ignore(signum: int, frame: FrameType | None) -> None:
 class StopOnSignal:
     """While active (a `with` block on the main thread), turn SIGINT/SIGTERM into a clean stop.
 
-    `close_runs` ends the sweep's MLflow runs as KILLED; it must be quick and idempotent.
+    `close_runs(outcome)` ends the sweep's MLflow runs as KILLED, the running trials' with
+    `outcome`; it must be quick and idempotent.
     """
 
-    def __init__(self, close_runs: Callable[[], None]) -> None:
+    def __init__(self, close_runs: Callable[[Outcome], None]) -> None:
         self.close_runs = close_runs
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
@@ -85,12 +88,12 @@ class StopOnSignal:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None:
-            self.close_runs()
+            self.close_runs(Outcome.KILLED)
             print("\nskeptic: stopped at once; runs closed as KILLED", file=sys.stderr, flush=True)
             os._exit(EXIT_STATUS.get(self.signum, 130))
         self.signum = signum
         if signum == signal.SIGTERM:
-            self.close_runs()
+            self.close_runs(Outcome.INTERRUPTED)
         print(
             "\nskeptic: stopping the sweep (running trials are stopped and checkpointed); "
             "Ctrl-C again to quit at once",

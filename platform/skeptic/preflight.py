@@ -147,7 +147,7 @@ def check_resources(spec: Spec, address: str | None) -> None:
 
     address = address or os.environ.get("RAY_ADDRESS")
     if address or ray.is_initialized():
-        from skeptic.runner import init_ray  # the runner imports this module
+        from skeptic.connect import init_ray
 
         init_ray(address)
         alive = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]

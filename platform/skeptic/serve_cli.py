@@ -316,10 +316,10 @@ def _serve_model(args: argparse.Namespace) -> int:
         name = check_app_name(args.name or ref.name)
     except ModelRefError as err:
         raise SpecError(str(err)) from None
-    address, state = _plan_cluster(args, may_start=True)
     options = _serve_args(args)
     uri = resolve_tracking_uri(args.tracking_uri)
     resolved = _resolve_or_exit(args.model, uri)
+    address, state = _plan_cluster(args, may_start=True)
     token = _token(args)
     host = args.host or "127.0.0.1"
     if host not in ("127.0.0.1", "localhost", "::1") and not token:

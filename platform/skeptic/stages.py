@@ -1,9 +1,9 @@
 """Staged sweeps: upstream work that many trials share (a trained baseline, a source model).
 
 A study declares `stages` (see `skeptic.study.Stage`). Before the trials start, the driver
-lists the distinct (stage, config, seed) jobs the sweep's trials need, finds the ones an
-earlier sweep already finished (an MLflow run tagged with the job's key) and runs the rest
-as Ray tasks, one stage after the other, the jobs of a stage in parallel. Each result is
+lists the distinct (stage, config, seed) tasks the sweep's trials need, finds the ones an
+earlier sweep already finished (an MLflow run tagged with the task's key) and runs the rest
+as Ray tasks, one stage after the other, the tasks of a stage in parallel. Each result is
 saved as an artifact of its own MLflow run (a child of the sweep's parent run) and handed
 to the trials through the object store as `ctx.upstream[stage_name]`.
 
@@ -25,27 +25,26 @@ from typing import Any
 
 import ray
 import torch
-from mlflow.entities import Param, RunTag
+from mlflow.entities import Param as MlflowParam
+from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
 from skeptic.device import autocast, pick_device, seed_everything
+from skeptic.schema import ERROR_CHARS, Artifact, MlflowTag, Outcome, Param, Tag
 from skeptic.spec import Spec, SpecError, grid_points, resolve_params
 from skeptic.study import Stage, Study, SweepFailed
 
-RESULT_FILE = "result.pt"
-ARTIFACT_DIR = "stage"
-
 
 @dataclass(frozen=True)
-class StageJob:
+class StageTask:
     """One unit of upstream work: a stage for one config and seed."""
 
     stage: str
     config: dict[str, Any]
     seed: int
     key: str
-    upstream: dict[str, str]  # earlier stage name -> its job key
+    upstream: dict[str, str]  # earlier stage name -> its task key
 
     @property
     def run_name(self) -> str:
@@ -54,8 +53,8 @@ class StageJob:
 
 
 @dataclass
-class StageContext:
-    """The study's handle on one stage job (what TrialContext is to a trial)."""
+class RunningStage:
+    """The study's handle on one stage task (skeptic.api.StageContext)."""
 
     stage: str
     config: dict[str, Any]  # the values of the stage's `depends_on` parameters
@@ -92,18 +91,18 @@ def _stage_config(stage: Stage, params: BaseModel) -> dict[str, Any]:
     return {name: getattr(params, name) for name in stage.depends_on}
 
 
-def jobs_for(study: Study, params: BaseModel, seed: int, salt: str) -> dict[str, StageJob]:
-    """The stage jobs one trial needs, by stage name. `salt` = data hash + code hash."""
-    jobs: dict[str, StageJob] = {}
+def tasks_for(study: Study, params: BaseModel, seed: int, salt: str) -> dict[str, StageTask]:
+    """The stage tasks one trial needs, by stage name. `salt` = data hash + code hash."""
+    tasks: dict[str, StageTask] = {}
     for stage in study.stages:
         config = _stage_config(stage, params)
-        upstream = {name: job.key for name, job in jobs.items()}
+        upstream = {name: task.key for name, task in tasks.items()}
         text = json.dumps(
             [study.name, stage.name, config, seed, salt, upstream], sort_keys=True, default=str
         )
         key = hashlib.sha256(text.encode()).hexdigest()[:24]
-        jobs[stage.name] = StageJob(stage.name, config, seed, key, upstream)
-    return jobs
+        tasks[stage.name] = StageTask(stage.name, config, seed, key, upstream)
+    return tasks
 
 
 def check_stage_fields(study: Study, spec: Spec) -> None:
@@ -123,15 +122,15 @@ def check_stage_fields(study: Study, spec: Spec) -> None:
             )
 
 
-def plan(study: Study, spec: Spec, salt: str) -> list[StageJob]:
-    """Every distinct stage job of the sweep, earlier stages first."""
+def plan_tasks(study: Study, spec: Spec, salt: str) -> list[StageTask]:
+    """Every distinct stage task of the sweep, earlier stages first."""
     seeds = [spec.sweep.base_seed + i for i in range(spec.sweep.seeds)]
-    found: dict[str, StageJob] = {}
+    found: dict[str, StageTask] = {}
     for point in grid_points(spec):
         params = resolve_params(spec, study.Params, {k: v for k, v in point.items() if k != "arm"})
         for seed in seeds:
-            for job in jobs_for(study, params, seed, salt).values():
-                found.setdefault(job.key, job)
+            for task in tasks_for(study, params, seed, salt).values():
+                found.setdefault(task.key, task)
     order = {stage.name: i for i, stage in enumerate(study.stages)}
     return sorted(found.values(), key=lambda j: order[j.stage])
 
@@ -149,17 +148,17 @@ class StageSetup:
     parent_run_id: str
 
 
-def run_job(study: Study, job: StageJob, data: dict, upstream: dict, spec: Spec,
+def run_task(study: Study, task: StageTask, data: dict, upstream: dict, spec: Spec,
             client: MlflowClient | None = None, run_id: str | None = None,
             cpus: float | None = None) -> dict[str, Any]:  # fmt: skip
-    """Run one stage job in this process (a Ray task, or a trial when stages are not shared)."""
+    """Run one stage task in this process (a Ray task, or a trial when stages are not shared)."""
     device = pick_device(spec.resources.gpu)
     torch.set_num_threads(max(1, int(cpus or spec.resources.cpu)))
-    seed_everything(job.seed)
-    ctx = StageContext(
-        job.stage,
-        dict(job.config),
-        job.seed,
+    seed_everything(task.seed)
+    ctx = RunningStage(
+        task.stage,
+        dict(task.config),
+        task.seed,
         device,
         data,
         upstream,
@@ -167,48 +166,48 @@ def run_job(study: Study, job: StageJob, data: dict, upstream: dict, spec: Spec,
         run_id,
         spec.resources.bf16,
     )
-    return study.run_stage(job.stage, ctx)
+    return study.run_stage(task.stage, ctx)
 
 
 def _stage_task(
-    job: StageJob, data: dict, upstream_refs: dict[str, Any], setup: StageSetup, cpus: float
+    task: StageTask, data: dict, upstream_refs: dict[str, Any], setup: StageSetup, cpus: float
 ) -> dict:
-    """A Ray task: run the job inside its own MLflow run and save the result as its artifact."""
+    """A Ray task: run the task inside its own MLflow run and save the result as its artifact."""
     from skeptic.study import get_study
 
     study = get_study(setup.spec.study)
     client = MlflowClient(setup.tracking_uri)
     tags = {
-        "mlflow.parentRunId": setup.parent_run_id, "skeptic.stage": job.stage,
-        "skeptic.stage_key": job.key, "skeptic.study": study.name,
+        MlflowTag.PARENT_RUN_ID: setup.parent_run_id, Tag.STAGE: task.stage,
+        Tag.STAGE_KEY: task.key, Tag.STUDY: study.name,
     }  # fmt: skip
-    run_id = client.create_run(setup.experiment_id, run_name=job.run_name, tags=tags).info.run_id
-    params = [Param(k, str(v)) for k, v in {**job.config, "seed": job.seed}.items()]
+    run_id = client.create_run(setup.experiment_id, run_name=task.run_name, tags=tags).info.run_id
+    params = [MlflowParam(k, str(v)) for k, v in {**task.config, Param.SEED: task.seed}.items()]
     client.log_batch(
         run_id,
         params=params,
-        tags=[RunTag(f"skeptic.upstream.{k}", v) for k, v in job.upstream.items()],
+        tags=[RunTag(Tag.upstream(k), v) for k, v in task.upstream.items()],
     )
     upstream = {name: ray.get(ref) for name, ref in upstream_refs.items()}
     try:
-        result = run_job(study, job, data, upstream, setup.spec, client, run_id, cpus)
+        result = run_task(study, task, data, upstream, setup.spec, client, run_id, cpus)
         with tempfile.TemporaryDirectory() as tmp:
-            torch.save(result, Path(tmp) / RESULT_FILE)
-            client.log_artifact(run_id, str(Path(tmp) / RESULT_FILE), ARTIFACT_DIR)
+            torch.save(result, Path(tmp) / Artifact.STAGE_RESULT)
+            client.log_artifact(run_id, str(Path(tmp) / Artifact.STAGE_RESULT), Artifact.STAGE)
     except BaseException as err:
-        client.set_tag(run_id, "skeptic.error", f"{type(err).__name__}: {err}"[:5000])
+        client.set_tag(run_id, Tag.ERROR, f"{type(err).__name__}: {err}"[:ERROR_CHARS])
         client.set_terminated(run_id, "FAILED")
         raise
-    client.set_tag(run_id, "skeptic.outcome", "completed")
+    client.set_tag(run_id, Tag.OUTCOME, Outcome.COMPLETED)
     client.set_terminated(run_id, "FINISHED")
     return result
 
 
 def _cached(client: MlflowClient, experiment_id: str, key: str) -> str | None:
-    """The run of an earlier sweep (or an earlier attempt of this one) that finished this job."""
+    """The run of an earlier sweep (or an earlier attempt of this one) that finished this task."""
     runs = client.search_runs(
         [experiment_id],
-        f"tags.`skeptic.stage_key` = '{key}' and attributes.status = 'FINISHED'",
+        f"tags.`{Tag.STAGE_KEY}` = '{key}' and attributes.status = 'FINISHED'",
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
@@ -216,13 +215,13 @@ def _cached(client: MlflowClient, experiment_id: str, key: str) -> str | None:
 
 def _load(client: MlflowClient, run_id: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        path = client.download_artifacts(run_id, f"{ARTIFACT_DIR}/{RESULT_FILE}", tmp)
+        path = client.download_artifacts(run_id, f"{Artifact.STAGE}/{Artifact.STAGE_RESULT}", tmp)
         return torch.load(path, weights_only=True, map_location="cpu")
 
 
 @dataclass
 class StageResults:
-    """Object-store references to every stage result, by job key, and the MLflow run of each."""
+    """Object-store references to every stage result, by task key, and the MLflow run of each."""
 
     refs: dict[str, Any] = field(default_factory=dict)
     runs: dict[str, str] = field(default_factory=dict)
@@ -232,57 +231,57 @@ class StageResults:
 def run_stages(
     study: Study, spec: Spec, setup: StageSetup, data_ref: Any, salt: str
 ) -> StageResults:
-    """Run (or reuse) every stage job the sweep needs; fail the sweep if one fails."""
+    """Run (or reuse) every stage task the sweep needs; fail the sweep if one fails."""
     out = StageResults()
     if not study.stages:
         return out
     client = MlflowClient(setup.tracking_uri)
     for stage in study.stages:
-        jobs = [j for j in plan(study, spec, salt) if j.stage == stage.name]
+        tasks = [t for t in plan_tasks(study, spec, salt) if t.stage == stage.name]
         todo = []
-        for job in jobs:
-            cached = _cached(client, setup.experiment_id, job.key)
+        for task in tasks:
+            cached = _cached(client, setup.experiment_id, task.key)
             if cached:
-                out.refs[job.key], out.runs[job.key] = ray.put(_load(client, cached)), cached
+                out.refs[task.key], out.runs[task.key] = ray.put(_load(client, cached)), cached
                 out.reused += 1
             else:
-                todo.append(job)
-        cpus = _cpus_per_job(spec, len(todo))
-        task = ray.remote(_stage_task).options(
+                todo.append(task)
+        cpus = _cpus_per_task(spec, len(todo))
+        remote = ray.remote(_stage_task).options(
             num_cpus=cpus, num_gpus=spec.resources.gpu, max_retries=spec.sweep.max_failures
         )
         pending = {}
-        for job in todo:
-            upstream = {name: out.refs[key] for name, key in job.upstream.items()}
-            pending[task.remote(job, data_ref, upstream, setup, cpus)] = job
-        _wait(stage.name, pending, len(jobs))
-        for ref, job in pending.items():
-            out.refs[job.key] = ref
-            out.runs[job.key] = _cached(client, setup.experiment_id, job.key) or ""
+        for task in todo:
+            upstream = {name: out.refs[key] for name, key in task.upstream.items()}
+            pending[remote.remote(task, data_ref, upstream, setup, cpus)] = task
+        _wait(stage.name, pending, len(tasks))
+        for ref, task in pending.items():
+            out.refs[task.key] = ref
+            out.runs[task.key] = _cached(client, setup.experiment_id, task.key) or ""
     return out
 
 
-def _cpus_per_job(spec: Spec, jobs: int) -> float:
-    """CPU-only stages with fewer jobs than the cluster has CPUs get the idle ones as extra
+def _cpus_per_task(spec: Spec, tasks: int) -> float:
+    """CPU-only stages with fewer tasks than the cluster has CPUs get the idle ones as extra
     threads: nothing else runs until the stage is done."""
-    if spec.resources.gpu > 0 or jobs == 0:
+    if spec.resources.gpu > 0 or tasks == 0:
         return spec.resources.cpu
     total = ray.cluster_resources().get("CPU", spec.resources.cpu)
-    return max(spec.resources.cpu, float(int(total // jobs)))
+    return max(spec.resources.cpu, float(int(total // tasks)))
 
 
-def _wait(stage: str, pending: dict[Any, StageJob], total: int) -> None:
-    """Block until the stage's jobs finish, printing progress; the first failure fails the sweep."""
+def _wait(stage: str, pending: dict[Any, StageTask], total: int) -> None:
+    """Block until the stage's tasks finish, printing progress; the first failure fails the sweep."""
     reused = total - len(pending)
-    print(f"stage {stage}: {total} jobs ({reused} reused from earlier runs)", flush=True)
+    print(f"stage {stage}: {total} tasks ({reused} reused from earlier runs)", flush=True)
     waiting, done, started = list(pending), 0, time.perf_counter()
     while waiting:
         ready, waiting = ray.wait(waiting, num_returns=1)
-        job = pending[ready[0]]
+        task = pending[ready[0]]
         try:
             ray.get(ready[0])
         except Exception as err:
-            raise SweepFailed(f"stage {stage} failed for {job.run_name}: {err}") from err
+            raise SweepFailed(f"stage {stage} failed for {task.run_name}: {err}") from err
         done += 1
         elapsed = time.perf_counter() - started
         print(f"stage {stage}: {done}/{len(pending)} trained ({elapsed:.0f}s)", flush=True)
@@ -292,10 +291,10 @@ def upstream_for(
     study: Study, params: BaseModel, seed: int, data: dict, setup: Any
 ) -> dict[str, Any]:
     """A trial's upstream results by stage name (`setup` is the sweep's TrialSetup)."""
-    jobs = jobs_for(study, params, seed, setup.stage_salt)
+    tasks = tasks_for(study, params, seed, setup.stage_salt)
     if setup.spec.sweep.share_stages:
-        return {name: ray.get(setup.stages.refs[job.key]) for name, job in jobs.items()}
+        return {name: ray.get(setup.stages.refs[task.key]) for name, task in tasks.items()}
     results: dict[str, Any] = {}
-    for name, job in jobs.items():  # every trial retrains: the cost sharing saves
-        results[name] = run_job(study, job, data, dict(results), setup.spec)
+    for name, task in tasks.items():  # every trial retrains: the cost sharing saves
+        results[name] = run_task(study, task, data, dict(results), setup.spec)
     return results

@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from pydantic import BaseModel
 
+from skeptic.contexts import StageContext, TrialContext
+from skeptic.schema import Outcome
+from skeptic.spec import Spec
+
 if TYPE_CHECKING:
     import torch
 
     from skeptic.data import DataPlan
-    from skeptic.stages import StageContext
-    from skeptic.trial import TrialContext
 
 
 class SweepFailed(RuntimeError):
@@ -38,7 +40,7 @@ class TrialResult:
     trial_id: str
     params: dict[str, Any]  # resolved training parameters, plus "seed" and, if any, "arm"
     history: list[dict[str, float]]  # one dict of metrics per reported epoch
-    outcome: str  # completed / stopped_early / failed
+    outcome: Outcome
     run_id: str | None = None
 
     @property
@@ -96,7 +98,7 @@ class Study(ABC):
     schedulers: ClassVar[tuple[str, ...]] = ("fifo", "asha", "pbt")
     schedulers_reason: ClassVar[str] = ""
 
-    def prepare_data(self, spec: Any) -> dict[str, Any]:
+    def prepare_data(self, spec: Spec) -> dict[str, Any]:
         """Built once per sweep on the driver and shared with every trial via the object store.
         By default: the spec's `data` section, split into x_train/y_train/x_val/y_val arrays
         plus the class names."""
@@ -112,7 +114,7 @@ class Study(ABC):
             "x_val": ds.x_val, "y_val": ds.y_val, "classes": list(ds.classes),
         }  # fmt: skip
 
-    def check_data(self, spec: Any, *, scan: bool = True) -> DataPlan | None:
+    def check_data(self, spec: Spec, *, scan: bool = True) -> DataPlan | None:
         """What `prepare_data` would build, checked without building it (spec time, before
         Ray or MLflow start); raise SpecError (or skeptic.data.DataError, for a field of the
         data section) naming the field. A study that overrides prepare_data overrides this.
@@ -124,13 +126,13 @@ class Study(ABC):
             d.name, d.size, d.val_fraction, d.domain, d.path, d.image_size, scan=scan
         )
 
-    def check_spec(self, spec: Any, data: DataPlan | None) -> None:
+    def check_spec(self, spec: Spec, data: DataPlan | None) -> None:
         """Constraints between the spec's sections that no single field's validation sees
         (e.g. the image size a model needs); `data` is what check_data returned. Raise
         SpecError naming the field. Checks within one trial's parameters belong in Params."""
 
     @abstractmethod
-    def train(self, ctx: TrialContext) -> None:
+    def train(self, ctx: TrialContext[Any]) -> None:
         """One trial: train, calling ctx.report(metrics, state) once per epoch."""
 
     def run_stage(self, stage: str, ctx: StageContext) -> dict[str, Any]:
@@ -139,7 +141,7 @@ class Study(ABC):
         raise NotImplementedError(f"study {self.name!r} declares no stage {stage!r}")
 
     @abstractmethod
-    def verdict(self, results: list[TrialResult], spec: Any) -> Verdict:
+    def verdict(self, results: list[TrialResult], spec: Spec) -> Verdict:
         """Read the finished sweep and say whether the belief held, from the numbers."""
 
     def run_name(self, params: dict[str, Any], swept: list[str]) -> str:

@@ -8,16 +8,29 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import yaml
+from mlflow.entities import Metric as MlflowMetric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from skeptic import provenance
+from skeptic.schema import (
+    ERROR_CHARS,
+    SWEEP,
+    Artifact,
+    Metric,
+    MlflowTag,
+    Outcome,
+    Param,
+    Tag,
+)
 from skeptic.spec import Spec
 from skeptic.store import artifacts_root
+from skeptic.trial import RUN_ID_RESULT
 
 PACKAGES = ("skeptic", "torch", "ray", "mlflow", "numpy", "timm", "transformers", "scikit-learn")
 
@@ -58,32 +71,31 @@ def start_parent_run(
     """Create the sweep's parent run and record everything needed to reproduce it."""
     code = provenance.collect()
     tags = {
-        "skeptic.study": spec.study,
-        "skeptic.sweep_id": sweep_id,
-        "skeptic.kind": "sweep",
-        "skeptic.version": code.version,
-        "skeptic.git_commit": code.commit,
-        "skeptic.git_dirty": str(code.dirty).lower(),
-        "skeptic.code_source": code.source,
-        "skeptic.data_hash": data_hash,
+        Tag.STUDY: spec.study,
+        Tag.SWEEP_ID: sweep_id,
+        Tag.KIND: SWEEP,
+        Tag.VERSION: code.version,
+        Tag.GIT_COMMIT: code.commit,
+        Tag.GIT_DIRTY: str(code.dirty).lower(),
+        Tag.CODE_SOURCE: code.source,
+        Tag.DATA_HASH: data_hash,
     }
     if code.commit != "unknown":
-        tags["mlflow.source.git.commit"] = code.commit
-    run = client.create_run(experiment_id, run_name=sweep_id, tags=tags)
-    run_id = run.info.run_id
-    client.log_param(run_id, "n_trials", n_trials)
-    client.log_param(run_id, "seeds", spec.sweep.seeds)
-    client.log_param(run_id, "scheduler", spec.sweep.scheduler.kind)
+        tags[MlflowTag.GIT_COMMIT] = code.commit
+    run_id = client.create_run(experiment_id, run_name=sweep_id, tags=tags).info.run_id
+    client.log_param(run_id, Param.N_TRIALS, n_trials)
+    client.log_param(run_id, Param.SEEDS, spec.sweep.seeds)
+    client.log_param(run_id, Param.SCHEDULER, spec.sweep.scheduler.kind)
     with tempfile.TemporaryDirectory() as tmp:
         files = {
-            "spec.yaml": yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False),
-            "packages.yaml": yaml.safe_dump(package_versions()),
+            Artifact.SPEC: yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False),
+            Artifact.PACKAGES: yaml.safe_dump(package_versions()),
         }
         if code.diff.strip():
-            files["skeptic.diff"] = code.diff  # Skeptic's own uncommitted changes only
+            files[Artifact.DIFF] = code.diff  # Skeptic's own uncommitted changes only
         for name, text in files.items():
             (Path(tmp) / name).write_text(text)
-            client.log_artifact(run_id, str(Path(tmp) / name), artifact_path="reproduce")
+            client.log_artifact(run_id, str(Path(tmp) / name), artifact_path=Artifact.REPRODUCE)
     return run_id
 
 
@@ -94,28 +106,31 @@ class FinalizeChildRuns(Callback):
     def __init__(self, tracking_uri: str) -> None:
         self.tracking_uri = tracking_uri
 
-    def _close(self, trial, outcome: str, status: str) -> None:
-        run_id = (trial.last_result or {}).get("skeptic_run_id")
+    def _close(self, trial: Any, outcome: Outcome, status: str) -> None:
+        run_id = (trial.last_result or {}).get(RUN_ID_RESULT)
         if not run_id:
             return
         client = MlflowClient(self.tracking_uri)
         if client.get_run(run_id).info.status != "RUNNING":
             return
-        client.set_tag(run_id, "skeptic.outcome", outcome)
+        client.set_tag(run_id, Tag.OUTCOME, outcome)
         if trial.error_file and os.path.exists(trial.error_file):
-            client.set_tag(run_id, "skeptic.error", Path(trial.error_file).read_text()[-5000:])
+            client.set_tag(run_id, Tag.ERROR, Path(trial.error_file).read_text()[-ERROR_CHARS:])
         client.set_terminated(run_id, status)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._close(trial, "stopped_early", "FINISHED")
+        self._close(trial, Outcome.STOPPED_EARLY, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._close(trial, "failed", "FAILED")
+        self._close(trial, Outcome.FAILED, "FAILED")
 
 
-def close_sweep(client: MlflowClient, experiment_id: str, parent_run_id: str, status: str) -> None:
+def close_sweep(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, status: str,
+    outcome: Outcome = Outcome.INTERRUPTED,
+) -> None:  # fmt: skip
     """End the parent run; if the sweep did not finish, end its still-running children as
-    KILLED too, so the dashboard never shows runs that nothing is running.
+    KILLED too (with `outcome`), so the dashboard never shows runs that nothing is running.
 
     The parent is ended first: a trial starting at this moment checks it after opening its
     run (see `trial.run_trial`), so either this search finds that run or the trial sees the
@@ -124,11 +139,19 @@ def close_sweep(client: MlflowClient, experiment_id: str, parent_run_id: str, st
     if status != "FINISHED":
         running = client.search_runs(
             [experiment_id],
-            f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'",
+            f"tags.`{MlflowTag.PARENT_RUN_ID}` = '{parent_run_id}' and attributes.status = 'RUNNING'",
         )
         for run in running:
-            client.set_tag(run.info.run_id, "skeptic.outcome", "interrupted")
+            client.set_tag(run.info.run_id, Tag.OUTCOME, outcome)
             client.set_terminated(run.info.run_id, "KILLED")
+
+
+def log_phases(client: MlflowClient, run_id: str, seconds: dict[str, float]) -> None:
+    """Where the sweep's wall time went (ray start, data, trials, report, ...), as metrics
+    of the parent run: the platform's own overhead, next to the trials' training time."""
+    client.log_batch(
+        run_id, metrics=[MlflowMetric(Metric.phase(k), v, 0, 0) for k, v in seconds.items()]
+    )
 
 
 def set_active_uri(uri: str) -> None:

@@ -1,7 +1,8 @@
 """One Tune trial: resolve its parameters, open (or re-open) its MLflow child run, call the study.
 
 Everything a trial needs arrives in its config or through `tune.with_parameters`,
-so it works the same on a remote worker (the tracking URI included: ray#36257).
+so it works the same on a remote worker (the tracking URI included: ray#36257). The
+study sees a `RunningTrial` through the `skeptic.api.TrialContext` protocol.
 """
 
 from __future__ import annotations
@@ -15,17 +16,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric as MlflowMetric
+from mlflow.entities import Param as MlflowParam
+from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 from ray import tune
 
 from skeptic.device import autocast, pick_device, seed_everything
+from skeptic.schema import ERROR_CHARS, Metric, MlflowTag, Outcome, Param, Tag
 from skeptic.spec import Spec, resolve_params
-from skeptic.stages import StageResults, jobs_for, upstream_for
+from skeptic.stages import StageResults, tasks_for, upstream_for
 from skeptic.study import Study, get_study
 
 STATE_FILE = "state.pt"
+RUN_ID_RESULT = "skeptic_run_id"  # in every Tune result: the trial's MLflow run
 
 
 @dataclass(frozen=True)
@@ -37,13 +42,15 @@ class TrialSetup:
     experiment_id: str
     parent_run_id: str
     swept: list[str]
-    stage_salt: str = ""  # data hash + study code hash: part of every stage job's key
+    stage_salt: str = ""  # data hash + study code hash: part of every stage task's key
     stages: StageResults = field(default_factory=StageResults)
+    started_at: float = 0.0  # time.time() when Tune started: each trial logs its delay
 
 
 @dataclass
-class TrialContext:
-    """The study's handle on its trial: parameters, data, device, and `report`."""
+class RunningTrial:
+    """The study's handle on its trial (skeptic.api.TrialContext): parameters, data,
+    device, and `report`."""
 
     params: BaseModel
     seed: int
@@ -74,16 +81,16 @@ class TrialContext:
         epoch gives `throughput` (samples/s); `progress` (0-1) feeds the time estimate."""
         now = time.perf_counter()
         epoch = self.start_epoch
-        metrics = {"epoch_time": now - self._last, **metrics}
+        metrics = {Metric.EPOCH_TIME: now - self._last, **metrics}
         if samples:
-            metrics["throughput"] = samples / metrics["epoch_time"]
+            metrics[Metric.THROUGHPUT] = samples / metrics[Metric.EPOCH_TIME]
         if epoch > self.logged_through:  # replayed epochs (checkpoint older than the crash)
             ts = int(time.time() * 1000)
-            batch = [Metric(k, float(v), ts, epoch) for k, v in metrics.items()]
+            batch = [MlflowMetric(k, float(v), ts, epoch) for k, v in metrics.items()]
             self.client.log_batch(self.run_id, metrics=batch)
         with tempfile.TemporaryDirectory() as tmp:
             torch.save({"epoch": epoch, "state": state}, Path(tmp) / STATE_FILE)
-            extra = {"epoch": epoch, "skeptic_run_id": self.run_id}
+            extra = {"epoch": epoch, RUN_ID_RESULT: self.run_id}
             if progress is not None:
                 extra["progress"] = progress
             tune.report(
@@ -109,28 +116,28 @@ def _child_run(client: MlflowClient, setup: TrialSetup, trial_id: str, name: str
     found = client.search_runs(
         [setup.experiment_id],
         filter_string=(
-            f"tags.`mlflow.parentRunId` = '{setup.parent_run_id}' "
-            f"and tags.`skeptic.trial_id` = '{trial_id}'"
+            f"tags.`{MlflowTag.PARENT_RUN_ID}` = '{setup.parent_run_id}' "
+            f"and tags.`{Tag.TRIAL_ID}` = '{trial_id}'"
         ),
         max_results=1,
     )
     if found:
-        if found[0].data.tags.get("skeptic.outcome") == "completed":
+        if found[0].data.tags.get(Tag.OUTCOME) == Outcome.COMPLETED:
             return None
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
         return run_id
     tags = {
-        "mlflow.parentRunId": setup.parent_run_id,
-        "skeptic.trial_id": trial_id,
-        "skeptic.study": setup.spec.study,
+        MlflowTag.PARENT_RUN_ID: setup.parent_run_id,
+        Tag.TRIAL_ID: trial_id,
+        Tag.STUDY: setup.spec.study,
     }
     return client.create_run(setup.experiment_id, run_name=name, tags=tags).info.run_id
 
 
 def _logged_through(client: MlflowClient, run_id: str) -> int:
     """The last epoch this run has metrics for: Tune's recorded checkpoint can lag the crash."""
-    history = client.get_metric_history(run_id, "epoch_time")
+    history = client.get_metric_history(run_id, Metric.EPOCH_TIME)
     return max((m.step for m in history), default=-1)
 
 
@@ -139,14 +146,15 @@ def trial_params(study: Study, setup: TrialSetup, config: dict) -> tuple[BaseMod
     point = {k: v for k, v in config["point"].items() if k != "arm"}
     point.update({k: v for k, v in config.items() if k not in ("point", "seed")})
     params = resolve_params(setup.spec, study.Params, point)
-    logged = {**params.model_dump(), "seed": config["seed"]}
+    logged = {**params.model_dump(), Param.SEED: config["seed"]}
     if "arm" in config["point"]:
-        logged["arm"] = config["point"]["arm"]
+        logged[Param.ARM] = config["point"]["arm"]
     return params, logged
 
 
 def run_trial(config: dict, data: dict, setup: TrialSetup) -> None:
     """The Tune trainable shared by every study."""
+    started = time.time()
     study = get_study(setup.spec.study)
     params, logged = trial_params(study, setup, config)
     seed = int(config["seed"])
@@ -160,38 +168,44 @@ def run_trial(config: dict, data: dict, setup: TrialSetup) -> None:
         return  # finished before the driver died: never train it twice
     if client.get_run(setup.parent_run_id).info.status != "RUNNING":
         # The sweep was stopped while this trial was starting: see tracking.close_sweep.
-        client.set_tag(run_id, "skeptic.outcome", "interrupted")
+        client.set_tag(run_id, Tag.OUTCOME, Outcome.INTERRUPTED)
         client.set_terminated(run_id, "KILLED")
         return
     start_epoch, state = _restore()
     if start_epoch == 0:
-        lineage = [  # which stage runs this trial started from
-            RunTag(f"skeptic.upstream.{name}", setup.stages.runs[job.key])
-            for name, job in jobs_for(study, params, seed, setup.stage_salt).items()
-            if job.key in setup.stages.runs
-        ]
-        client.log_batch(
-            run_id,
-            params=[Param(k, str(v)) for k, v in logged.items()],
-            tags=[
-                RunTag("skeptic.device", str(device)),
-                RunTag("skeptic.host", os.uname().nodename),
-                *lineage,
-            ],
-        )
+        _log_start(client, run_id, study, setup, params, logged, seed, device, started)
     upstream = upstream_for(study, params, seed, data, setup)
     seed_everything(seed + 1000 * start_epoch)
     through = _logged_through(client, run_id)
-    ctx = TrialContext(
+    ctx = RunningTrial(
         params, seed, device, data, client, run_id, start_epoch, state, through,
         bf16=setup.spec.resources.bf16, upstream=upstream,
     )  # fmt: skip
     try:
         study.train(ctx)
     except Exception as err:
-        client.set_tag(run_id, "skeptic.outcome", "failed")
-        client.set_tag(run_id, "skeptic.error", f"{type(err).__name__}: {err}"[:5000])
+        client.set_tag(run_id, Tag.OUTCOME, Outcome.FAILED)
+        client.set_tag(run_id, Tag.ERROR, f"{type(err).__name__}: {err}"[:ERROR_CHARS])
         client.set_terminated(run_id, "FAILED")
         raise
-    client.set_tag(run_id, "skeptic.outcome", "completed")
+    client.set_tag(run_id, Tag.OUTCOME, Outcome.COMPLETED)
     client.set_terminated(run_id, "FINISHED")
+
+
+def _log_start(
+    client: MlflowClient, run_id: str, study: Study, setup: TrialSetup, params: BaseModel,
+    logged: dict, seed: int, device: torch.device, started: float,
+) -> None:  # fmt: skip
+    """A new trial's params, where it runs, which stage runs it starts from, and how long
+    after Tune's start its code began (worker start-up and queueing: the sweep's overhead)."""
+    lineage = [
+        RunTag(Tag.upstream(name), setup.stages.runs[task.key])
+        for name, task in tasks_for(study, params, seed, setup.stage_salt).items()
+        if task.key in setup.stages.runs
+    ]
+    client.log_batch(
+        run_id,
+        metrics=[MlflowMetric(Metric.STARTED_AFTER, started - setup.started_at, int(started * 1000), 0)],
+        params=[MlflowParam(k, str(v)) for k, v in logged.items()],
+        tags=[RunTag(Tag.DEVICE, str(device)), RunTag(Tag.HOST, os.uname().nodename), *lineage],
+    )

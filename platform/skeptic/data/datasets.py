@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -327,12 +328,15 @@ def stratified_split(
     return rng.permutation(train_idx), rng.permutation(val_idx)
 
 
-def dataset_hash(ds: Dataset) -> str:
-    """sha256 hex digest of the split arrays (dtype, shape and bytes) and the class names."""
-    h = hashlib.sha256()
-    for key in ("x_train", "y_train", "x_val", "y_val"):
-        arr = np.ascontiguousarray(getattr(ds, key))
-        h.update(f"{key}:{arr.dtype.str}:{arr.shape};".encode())
-        h.update(arr.data)
-    h.update(json.dumps(ds.classes).encode())
-    return h.hexdigest()
+def data_hash(data: dict[str, Any]) -> str:
+    """sha256 hex digest of a study's prepared data (arrays by their bytes, other values as
+    JSON): a resumed sweep checks it, and it keys cached stage results."""
+    digest = hashlib.sha256()
+    for key in sorted(data):
+        value = data[key]
+        digest.update(key.encode())
+        if isinstance(value, np.ndarray):
+            digest.update(np.ascontiguousarray(value).tobytes())
+        else:
+            digest.update(json.dumps(value, sort_keys=True, default=str).encode())
+    return digest.hexdigest()

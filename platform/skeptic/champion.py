@@ -1,4 +1,5 @@
-"""Register a sweep's best model in the MLflow model registry as `<study>@champion`."""
+"""Pick a sweep's best eligible trial and register its model in the MLflow model registry
+as a new version of `<study>`; the `champion` alias moves to it if it is at least as good."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from safetensors.torch import save_file
 
+from skeptic.schema import Artifact, Outcome, Tag
 from skeptic.store import store_lock
-from skeptic.study import Study
+from skeptic.study import Study, TrialResult, Verdict
+from skeptic.trial import STATE_FILE
 
 CHAMPION = "champion"
 CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -29,7 +33,6 @@ def _requirements() -> list[str]:
     return [f"{n}=={importlib.metadata.version(n)}" for n in names]
 
 
-POLICIES = ("best", "latest")
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ def register_champion(
             # predict() is deliberately untyped (the signature below is the schema).
             warnings.filterwarnings("ignore", message=".*type hint", category=UserWarning)
             info = mlflow.pyfunc.log_model(
-                name="model",
+                name=Artifact.MODEL,
                 python_model=str(CODE),
                 artifacts={"weights": str(weights), "config": str(config_file)},
                 signature=infer_signature(example, output),
@@ -88,8 +91,9 @@ def register_champion(
     client = MlflowClient()
     for key, value in tags.items():
         client.set_model_version_tag(study.name, version, key, value)
+    client.set_model_version_tag(study.name, version, Tag.METRIC, study.metric)
     if score is not None:
-        client.set_model_version_tag(study.name, version, score_tag(study), f"{score:.6g}")
+        client.set_model_version_tag(study.name, version, Tag.score(study.metric), f"{score:.6g}")
     with store_lock(mlflow.get_tracking_uri()):
         move, reason = _should_move(client, study, score, policy)
         if move:
@@ -103,11 +107,6 @@ def registered_before(study: Study, version: str) -> Registration:
     current = _current(MlflowClient(), study.name)
     champion = str(current.version) if current else None
     return Registration(version, champion, "registered by this sweep before")
-
-
-def score_tag(study: Study) -> str:
-    """The model-version tag holding the study's metric of that version's trial."""
-    return f"skeptic.{study.metric}"
 
 
 def _current(client: MlflowClient, name: str) -> Any | None:
@@ -125,10 +124,41 @@ def _should_move(
         return True, "the first champion"
     if policy == "latest":
         return True, f"--register latest (was version {current.version})"
-    held = current.tags.get(score_tag(study))
+    held = current.tags.get(Tag.score(study.metric))
     if score is None or held is None:
         return True, f"no {study.metric} to compare with version {current.version}"
     held_score = float(held)
     better = score >= held_score if study.mode == "max" else score <= held_score
     compare = f"{study.metric} {score:.4g} vs {held_score:.4g} of version {current.version}"
     return better, compare
+
+
+def best_trial(
+    study: Study, collected: list[tuple[TrialResult, Any]]
+) -> tuple[TrialResult, Any] | None:
+    """The eligible trial (with its Tune result) that is best by the study's metric."""
+    usable = [
+        (t, r)
+        for t, r in collected
+        if t.outcome != Outcome.FAILED
+        and r.checkpoint
+        and study.metric in t.final
+        and study.champion_eligible(t)
+    ]
+    if not usable:
+        return None
+    sign = 1 if study.mode == "max" else -1
+    return max(usable, key=lambda tr: sign * tr[0].final[study.metric])
+
+
+def register_best(
+    study: Study, best: tuple[TrialResult, Any], sweep_id: str, verdict: Verdict, policy: str
+) -> Registration:
+    """Register the best trial's last checkpointed model."""
+    trial, result = best
+    with result.checkpoint.as_directory() as path:
+        state = torch.load(Path(path) / STATE_FILE, weights_only=True, map_location="cpu")["state"]
+    params = {k: v for k, v in trial.params.items() if k in study.Params.model_fields}
+    tags = {Tag.SWEEP_ID: sweep_id, Tag.VERDICT: verdict.label}
+    score = trial.final[study.metric]
+    return register_champion(study, state, params, trial.run_id, tags, score, policy)

@@ -1,0 +1,34 @@
+"""Everything a study imports from Skeptic, in one place.
+
+    from skeptic.api import Spec, Study, TrialContext, TrialResult, Verdict, register_study
+
+Importing it pulls in neither Ray nor MLflow: a study's module stays cheap to import, and
+the engine (skeptic.runner, .trial, .stages, .tracking, .champion) depends on this API,
+never the other way round.
+"""
+
+from skeptic.contexts import StageContext, TrialContext
+from skeptic.data import DataError, DataPlan
+from skeptic.schema import Outcome
+from skeptic.spec import Spec, SpecError, grid_points, sweep_params
+from skeptic.stats import diff_se, summarize
+from skeptic.study import Stage, Study, TrialResult, Verdict, register_study
+
+__all__ = [
+    "DataError",
+    "DataPlan",
+    "Outcome",
+    "Spec",
+    "SpecError",
+    "Stage",
+    "StageContext",
+    "Study",
+    "TrialContext",
+    "TrialResult",
+    "Verdict",
+    "diff_se",
+    "grid_points",
+    "register_study",
+    "summarize",
+    "sweep_params",
+]

@@ -1,0 +1,79 @@
+"""Run the trials on Ray Tune: the scheduler, the callbacks, and a Tuner (new or restored)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+from skeptic.planning import param_space, sampled_dims, tune_dim
+from skeptic.progress import Progress
+from skeptic.spec import Spec, count_trials
+from skeptic.study import Study
+from skeptic.tracking import FinalizeChildRuns
+from skeptic.trial import TrialSetup, run_trial
+
+
+def scheduler(spec: Spec) -> Any:
+    cfg = spec.sweep.scheduler
+    if cfg.kind == "asha":
+        return ASHAScheduler(
+            grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor, max_t=10_000
+        )
+    if cfg.kind == "pbt":  # spec validation made sure there is a sampled dimension to mutate
+        return PopulationBasedTraining(
+            time_attr="training_iteration",
+            perturbation_interval=cfg.perturbation_interval,
+            hyperparam_mutations={k: tune_dim(d) for k, d in sampled_dims(spec).items()},
+        )
+    return FIFOScheduler()
+
+
+def _quiet_tune() -> None:
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    # Its stop messages name Tuner.restore; skeptic prints its own resume command.
+    logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
+    # After a stop it warns about the trials that never reported; the runner counts them.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+
+
+def make_tuner(
+    study: Study, spec: Spec, setup: TrialSetup, data_ref: Any, folder: Path, verbose: bool,
+    restore: bool,
+) -> tune.Tuner:  # fmt: skip
+    """A Tuner for the sweep in `folder`, or the one saved there (`restore`: resume)."""
+    trainable = tune.with_parameters(run_trial, data=data_ref, setup=setup)
+    trainable = tune.with_resources(
+        trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    )
+    # Tune's auto loggers are off (no TensorBoard files); JSON + CSV give the ResultGrid its history.
+    callbacks = [JsonLoggerCallback(), CSVLoggerCallback(), FinalizeChildRuns(setup.tracking_uri)]
+    if not verbose:
+        _quiet_tune()
+        callbacks.append(Progress(count_trials(spec), study.metric, study.mode))
+    if restore:
+        return tune.Tuner.restore(str(folder), trainable, resume_errored=True)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(spec),
+        tune_config=tune.TuneConfig(
+            metric=study.metric,
+            mode=study.mode,
+            num_samples=spec.sweep.num_samples,
+            scheduler=scheduler(spec),
+            max_concurrent_trials=spec.sweep.max_concurrent_trials,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=folder.name,
+            storage_path=str(folder.parent),
+            callbacks=callbacks,
+            verbose=2 if verbose else 0,
+            failure_config=tune.FailureConfig(max_failures=spec.sweep.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        ),
+    )
