@@ -2,8 +2,11 @@
 (a) as a plain Python loop over the trials in one process, and (b) as Tune trials
 through `skeptic run` (Ray, MLflow logging, checkpoints, report, registration).
 
-Prints samples/second for both, their ratio (target >= 0.90), and the CPU
-utilisation of the sweep: busy core-seconds / (wall seconds x cores) (target >= 0.80).
+Prints samples/second for both, their ratio (target >= 0.80 at the default size, >= 0.90
+at --epochs 30), the CPU utilisation of the sweep: busy core-seconds / (wall seconds x
+cores) (target >= 0.85), and where (b)'s fixed cost goes: the phases the sweep logs to its
+parent run (Ray start, data, store, trials, verdict and report, registration), when the
+first trial's code ran, and the seconds per trial not spent in its epochs.
 
     .venv/bin/python benchmarks/tune_overhead.py [--epochs 6] [--size 12000]
 """
@@ -108,7 +111,8 @@ def busy_seconds() -> tuple[float, float]:
     return (sum(fields) - idle) / tick, sum(fields) / tick
 
 
-def swept(args: argparse.Namespace) -> tuple[float, float]:
+def swept(args: argparse.Namespace) -> tuple[float, float, dict[str, float]]:
+    """(wall seconds, CPU utilisation, breakdown) of `skeptic run`, in-process."""
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
         argv = ["run", "large_batch", "--storage", tmp]
@@ -118,7 +122,34 @@ def swept(args: argparse.Namespace) -> tuple[float, float]:
         assert skeptic(argv) == 0
         wall = time.perf_counter() - start
         busy1, total1 = busy_seconds()
-    return wall, (busy1 - busy0) / (total1 - total0)
+        breakdown = phases(f"sqlite:///{Path(tmp) / 'mlflow.db'}")
+    return wall, (busy1 - busy0) / (total1 - total0), breakdown
+
+
+def phases(uri: str) -> dict[str, float]:
+    """The sweep's own phase timings (its parent run's metrics) and its trials' start delays
+    and time outside their epochs (their runs' metrics)."""
+    from mlflow.tracking import MlflowClient
+
+    from skeptic.schema import Metric, MlflowTag, Tag
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("large_batch").experiment_id])
+    parent = next(r for r in runs if r.data.tags.get(Tag.KIND) == "sweep")
+    out = {
+        k.removeprefix("phase_").removesuffix("_s"): v
+        for k, v in parent.data.metrics.items()
+        if k.startswith("phase_")
+    }
+    trials = [r for r in runs if r.data.tags.get(MlflowTag.PARENT_RUN_ID)]
+    out["first trial started after"] = min(r.data.metrics[Metric.STARTED_AFTER] for r in trials)
+    trained = sum(
+        sum(m.value for m in client.get_metric_history(r.info.run_id, Metric.EPOCH_TIME))
+        for r in trials
+    )
+    slots = min(len(trials), os.cpu_count() or 1)  # one CPU per trial
+    out["per trial, outside its epochs"] = (out["trials"] * slots - trained) / len(trials)
+    return out
 
 
 def main() -> None:
@@ -130,15 +161,20 @@ def main() -> None:
     cores = os.cpu_count() or 1
     serial_wall, samples = plain(args, 1)
     parallel_wall, _ = plain(args, cores)
-    tune_wall, util = swept(args)
+    tune_wall, util, breakdown = swept(args)
     best_plain = min(serial_wall, parallel_wall)
     ratio = best_plain / tune_wall
+    target = 0.90 if args.epochs >= 30 else 0.80
     print(f"\ntrials: {4 * args.seeds}, samples trained in all: {samples}, cores: {cores}")
     print(f"(a1) plain loop, 1 process x {cores} threads: {serial_wall:7.1f} s {samples / serial_wall:9.0f} samples/s")
     print(f"(a2) plain loop, {cores} processes x 1 thread: {parallel_wall:7.1f} s {samples / parallel_wall:9.0f} samples/s")
     print(f"(b)  skeptic run (end to end):      {tune_wall:7.1f} s {samples / tune_wall:9.0f} samples/s")
-    print(f"ratio (b) / best plain loop: {ratio:.2f}  target >= 0.90  {'PASS' if ratio >= 0.9 else 'MISS'}")
-    print(f"CPU utilisation of (b):      {util:.2f}  target >= 0.80  {'PASS' if util >= 0.8 else 'MISS'}")
+    print(f"ratio (b) / best plain loop: {ratio:.2f}  target >= {target:.2f}  {'PASS' if ratio >= target else 'MISS'}")
+    print(f"CPU utilisation of (b):      {util:.2f}  target >= 0.85  {'PASS' if util >= 0.85 else 'MISS'}")
+    print("\nwhere (b)'s time went (s; data and store are prepared while Ray starts):")
+    for name, seconds in breakdown.items():
+        print(f"  {name:32} {seconds:6.2f}")
+    print(f"  {'fixed cost: (b) - best plain':32} {tune_wall - best_plain:6.2f}")
 
 
 if __name__ == "__main__":

@@ -22,18 +22,11 @@ from jobs.pruning.prune import (
     sparsity,
     structured_prune,
 )
-from jobs.pruning.study import (
-    BASELINE_FIELDS,
-    Params,
-    Pruning,
-    evaluate,
-    plan_trial,
-    tensors,
-    train_epoch,
-)
+from jobs.pruning.study import BASELINE_FIELDS, Params, Pruning, plan_trial, tensors
 from skeptic.cli import main
 from skeptic.data import load_dataset
 from skeptic.stages import RunningStage
+from skeptic.training import evaluate, train_epoch
 
 SHAPE = [3, 8, 8]
 CLASSES = [str(i) for i in range(10)]

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-# A zero-argument factory of the context forward passes run in (bf16 autocast on CUDA).
-Autocast = Callable[[], contextlib.AbstractContextManager]
+from skeptic.training import Autocast, evaluate, optimizer_step
 
 # method -> the parameters it tunes (LP-FT: classifier for the first half of the steps, then all)
 FT_METHODS: dict[str, str] = {
@@ -65,22 +64,6 @@ def batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Ten
                 yield idx
 
 
-@torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    was = model.training
-    model.eval()
-    logits = torch.cat([model(xb) for xb in x.split(chunk)]) if len(x) else x.new_zeros(0, 1)
-    model.train(was)
-    return logits.float()
-
-
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """(cross-entropy, accuracy) in eval mode."""
-    logits = predict_logits(model, x)
-    loss = nn.functional.cross_entropy(logits, y).item()
-    return loss, (logits.argmax(1) == y).float().mean().item()
-
-
 @dataclass
 class Point:
     """One evaluation point of an adaptation run: the step and the running train loss."""
@@ -104,11 +87,7 @@ def run_steps(
     for step in range(start, start + steps):
         with autocast():  # the forward pass only; backward runs outside autocast
             loss = loss_fn(step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
+        optimizer_step(optimizer, loss, scheduler=scheduler)
         total, count = total + loss.item(), count + 1
         done = step + 1
         if done % eval_every == 0 or done == start + steps:

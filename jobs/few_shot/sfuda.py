@@ -23,14 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from jobs.few_shot.finetune import (
-    Autocast,
-    Point,
-    batches,
-    run_steps,
-    set_mode,
-    tuned_parameters,
-)
+from jobs.few_shot.finetune import Point, batches, run_steps, set_mode, tuned_parameters
+from skeptic.training import Autocast, predict
 
 SFUDA_METHODS = ("shot", "aad", "tent")
 
@@ -120,13 +114,11 @@ def _optimizer(params: list[nn.Parameter], cfg: SfudaConfig, steps: int) -> tupl
     return opt, decay
 
 
-@torch.no_grad()
-def _embed(model: nn.Module, x: torch.Tensor, chunk: int = 1024) -> tuple[torch.Tensor, ...]:
-    was = model.training
-    model.eval()
-    feats = torch.cat([model.features(xb) for xb in x.split(chunk)])
-    model.train(was)
-    return feats, model.classifier(feats)
+def _embed(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Features and logits of all of `x`, in eval mode (BN on its running statistics)."""
+    feats = predict(model.features, x)
+    with torch.no_grad():
+        return feats, model.classifier(feats)
 
 
 def adapt(

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from jobs.few_shot import splits
-from jobs.few_shot.finetune import FT_METHODS, choose_lr, evaluate, finetune
+from jobs.few_shot.finetune import FT_METHODS, choose_lr, finetune
 from jobs.few_shot.sfuda import SFUDA_METHODS, adapt
 from jobs.few_shot.verdict import judge
 from skeptic.api import (
@@ -49,6 +49,7 @@ from skeptic.data import (
     plan_dataset,
     stratified_split,
 )
+from skeptic.training import evaluate, train_epoch
 
 METHODS = (*FT_METHODS, *SFUDA_METHODS)
 
@@ -340,21 +341,14 @@ class FewShot(Study):
         }  # fmt: skip
         model = self.build_model(config).to(dev)
         opt = torch.optim.Adam(model.parameters(), lr=cfg["source_lr"])
+        # one generator for all epochs (each draws the next order), not epoch_generator: a
+        # stage is never resumed mid-way, and this keeps the source models already trained
         gen = torch.Generator().manual_seed(ctx.seed)
         for epoch in range(cfg["source_epochs"]):
-            model.train()
-            total = 0.0
-            for idx in torch.randperm(len(x), generator=gen).split(64):
-                idx = idx.to(dev)
-                with ctx.autocast():
-                    loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(idx)
+            train_loss, _ = train_epoch(model, opt, x, y, 64, gen, autocast=ctx.autocast)
             with ctx.autocast():
                 val_loss, val_acc = evaluate(model, xv, yv)
-            ctx.log({"train_loss": total / len(x), "val_loss": val_loss, "val_acc": val_acc}, epoch)
+            ctx.log({"train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc}, epoch)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         return {"model": state, "model_config": config, "source_acc": val_acc}
 

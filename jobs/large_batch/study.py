@@ -28,6 +28,7 @@ from skeptic.api import (
     register_study,
     sweep_params,
 )
+from skeptic.training import epoch_generator, evaluate, step_decay_lr, train_epoch
 
 ARMS = {  # the paper's Table 1 arms; SB's batch size is base_batch
     "SB": {"lr_rule": "none", "ghost_batch": None, "regime": "fixed"},
@@ -78,11 +79,6 @@ def epochs_for(p: Params) -> int:
     return p.epochs
 
 
-def lr_at(p: Params, epoch: int, total: int) -> float:
-    drops = sum(epoch >= math.floor(f * total) for f in p.lr_drops)
-    return p.lr * 0.1**drops
-
-
 class MLP(nn.Module):
     def __init__(self, in_features: int, classes: int, width: int, depth: int, ghost: int | None):
         super().__init__()
@@ -99,15 +95,6 @@ class MLP(nn.Module):
 
 def _weights(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.parameters()])
-
-
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    model.eval()
-    with torch.no_grad():
-        logits = torch.cat([model(xb) for xb in x.split(2048)])
-    model.train()
-    loss = nn.functional.cross_entropy(logits, y).item()
-    return loss, (logits.argmax(1) == y).float().mean().item()
 
 
 @register_study
@@ -197,18 +184,20 @@ class LargeBatch(Study):
             w0 = ctx.state["w0"].to(dev)
         total = epochs_for(p)
         for epoch in range(ctx.start_epoch, total):
+            lr = step_decay_lr(p.lr, epoch, total, p.lr_drops)
             for group in opt.param_groups:
-                group["lr"] = lr_at(p, epoch, total)
-            # the order depends on (seed, epoch) only, so a resumed trial replays it exactly
-            gen = torch.Generator().manual_seed(ctx.seed * 100_003 + epoch)
+                group["lr"] = lr
+            gen = epoch_generator(ctx.seed, epoch)
             with ctx.autocast():
-                train_loss, train_acc = self._epoch(model, opt, x, y, p, gen)
+                train_loss, train_acc = train_epoch(
+                    model, opt, x, y, p.batch_size, gen, clip_norm=p.clip_norm
+                )
             with ctx.autocast():
-                val_loss, val_acc = evaluate(model, xv, yv)
+                val_loss, val_acc = evaluate(model, xv, yv, chunk=2048)
             metrics = {
                 "train_loss": train_loss, "train_acc": train_acc,
                 "val_loss": val_loss, "val_acc": val_acc,
-                "gap": train_acc - val_acc, "lr": lr_at(p, epoch, total),
+                "gap": train_acc - val_acc, "lr": lr,
                 "updates": (epoch + 1) * math.ceil(len(x) / p.batch_size),
                 "weight_distance": (_weights(model) - w0).norm().item(),
             }  # fmt: skip
@@ -219,21 +208,6 @@ class LargeBatch(Study):
                 "model_config": config,
             }
             ctx.report(metrics, state, samples=len(x), progress=(epoch + 1) / total)
-
-    @staticmethod
-    def _epoch(model, opt, x, y, p: Params, gen: torch.Generator) -> tuple[float, float]:
-        order = torch.randperm(len(x), generator=gen).to(x.device)
-        loss_sum = correct = 0.0
-        for idx in order.split(p.batch_size):
-            logits = model(x[idx])
-            loss = nn.functional.cross_entropy(logits, y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), p.clip_norm)
-            opt.step()
-            loss_sum += loss.item() * len(idx)
-            correct += (logits.argmax(1) == y[idx]).sum().item()
-        return loss_sum / len(x), correct / len(x)
 
     # --- the registered model ---
 

@@ -40,6 +40,7 @@ from skeptic.api import (
     register_study,
     sweep_params,
 )
+from skeptic.training import Forward, epoch_generator, evaluate, train_epoch
 
 Mixer = Literal[MIXERS]  # type: ignore[valid-type]
 Ablation = Literal[ABLATIONS]  # type: ignore[valid-type]
@@ -171,16 +172,25 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return padded[..., 2 + dy : 2 + dy + size, 2 + dx : 2 + dx + size]
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, float]:
-    """Validation loss, accuracy, and inference images/s."""
-    model.eval()
-    start = time.perf_counter()
-    with torch.no_grad():
-        logits = torch.cat([model(xb) for xb in x.split(512)])
-    rate = len(x) / (time.perf_counter() - start)
-    model.train()
-    loss = nn.functional.cross_entropy(logits, y).item()
-    return loss, (logits.argmax(1) == y).float().mean().item(), rate
+def make_forward(model: nn.Module, p: Params, classes: int, gen: torch.Generator) -> Forward:
+    """One training batch's forward pass under `p`: augmentation from the epoch's
+    generator, then timm's Mixup/CutMix (heavy) or label-smoothed cross-entropy."""
+    mixup = None
+    if p.augment == "heavy":  # the paper's Mixup/CutMix; it also smooths the labels
+        mixup = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=p.label_smoothing,
+                      num_classes=classes)  # fmt: skip
+    loss_fn = SoftTargetCrossEntropy() if mixup else nn.CrossEntropyLoss(
+        label_smoothing=p.label_smoothing
+    )  # fmt: skip
+
+    def forward(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if p.augment != "none":
+            xb = _augment(xb, gen)
+        inputs, targets = mixup(xb, yb) if mixup else (xb, yb)
+        logits = model(inputs)
+        return logits, loss_fn(logits, targets)
+
+    return forward
 
 
 @register_study
@@ -271,15 +281,22 @@ class MetaFormerStudy(Study):
             model.load_state_dict(ctx.state["model"])
             opt.load_state_dict(ctx.state["optimizer"])
             sched.load_state_dict(ctx.state["scheduler"])
+        classes = int(y.max().item()) + 1
         for epoch in range(ctx.start_epoch, p.epochs):
-            # the order depends on (seed, epoch) only, so a resumed trial replays it exactly
-            gen = torch.Generator().manual_seed(ctx.seed * 100_003 + epoch)
+            # one generator draws the epoch's order and its augmentations, in that order
+            gen = epoch_generator(ctx.seed, epoch)
+            forward = make_forward(model, p, classes, gen)
             start = time.perf_counter()
             with ctx.autocast():
-                train_loss, train_acc = self._epoch(model, opt, sched, x, y, p, gen)
+                train_loss, train_acc = train_epoch(
+                    model, opt, x, y, p.batch_size, gen,
+                    forward=forward, scheduler=sched, drop_last=True,
+                )  # fmt: skip
             train_rate = steps * p.batch_size / (time.perf_counter() - start)
+            start = time.perf_counter()
             with ctx.autocast():
-                val_loss, val_acc, eval_rate = evaluate(model, xv, yv)
+                val_loss, val_acc = evaluate(model, xv, yv, chunk=512)
+            eval_rate = len(xv) / (time.perf_counter() - start)
             metrics = {
                 "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
                 "val_acc": val_acc, "lr": opt.param_groups[0]["lr"],
@@ -290,36 +307,6 @@ class MetaFormerStudy(Study):
                 "scheduler": sched.state_dict(), "model_config": config,
             }  # fmt: skip
             ctx.report(metrics, state, samples=len(x), progress=(epoch + 1) / p.epochs)
-
-    @staticmethod
-    def _epoch(model, opt, sched, x, y, p: Params, gen: torch.Generator) -> tuple[float, float]:
-        classes = int(y.max().item()) + 1
-        mixup = None
-        if p.augment == "heavy":  # the paper's Mixup/CutMix; it also smooths the labels
-            mixup = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=p.label_smoothing,
-                          num_classes=classes)  # fmt: skip
-        loss_fn = SoftTargetCrossEntropy() if mixup else nn.CrossEntropyLoss(
-            label_smoothing=p.label_smoothing
-        )  # fmt: skip
-        order = torch.randperm(len(x), generator=gen).to(x.device)
-        loss_sum = correct = seen = 0.0
-        for idx in order.split(p.batch_size):
-            if len(idx) < p.batch_size:
-                break
-            xb, yb = x[idx], y[idx]
-            if p.augment != "none":
-                xb = _augment(xb, gen)
-            inputs, targets = mixup(xb, yb) if mixup else (xb, yb)
-            logits = model(inputs)
-            loss = loss_fn(logits, targets)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += loss.item() * len(idx)
-            correct += (logits.argmax(1) == yb).sum().item()
-            seen += len(idx)
-        return loss_sum / seen, correct / seen
 
     # --- the registered model ---
 

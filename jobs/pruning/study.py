@@ -30,7 +30,6 @@ CIFAR-10, 160 epochs, 5 seeds) is the ImageFolder path on a real cluster:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -62,6 +61,7 @@ from skeptic.api import (
     Verdict,
     register_study,
 )
+from skeptic.training import Autocast, epoch_generator, evaluate, step_decay_lr, train_epoch
 
 LR_DROPS = (0.5, 0.75)  # lr /= 10 at these fractions of training (the paper's schedule)
 RESEED = 10_007  # offset for "random init" arms, so they never replay the baseline's init
@@ -116,48 +116,16 @@ class Params(BaseModel):
 BASELINE_FIELDS = ("width", "epochs", "lr", "batch_size", "momentum", "weight_decay")
 
 
-def lr_at(lr: float, epoch: int, total: int) -> float:
-    return lr * 0.1 ** sum(epoch >= math.floor(f * total) for f in LR_DROPS)
-
-
-def train_epoch(
-    model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-    batch_size: int, gen: torch.Generator,
-) -> tuple[float, float]:  # fmt: skip
-    """One pass over (x, y) in the generator's order; returns (loss, accuracy)."""
-    model.train()
-    order = torch.randperm(len(x), generator=gen).to(x.device)
-    loss_sum = correct = 0.0
-    for idx in order.split(batch_size):
-        logits = model(x[idx])
-        loss = nn.functional.cross_entropy(logits, y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        loss_sum += loss.item() * len(idx)
-        correct += (logits.argmax(1) == y[idx]).sum().item()
-    return loss_sum / len(x), correct / len(x)
-
-
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    model.eval()
-    with torch.no_grad():
-        logits = torch.cat([model(xb) for xb in x.split(1024)])
-    return nn.functional.cross_entropy(logits, y).item(), (
-        logits.argmax(1) == y
-    ).float().mean().item()
-
-
 def run_epoch(
     model: nn.Module, opt: torch.optim.Optimizer, lr: float, data: tuple[torch.Tensor, ...],
-    batch_size: int, seed: int, epoch: int, autocast: Any,
+    batch_size: int, seed: int, epoch: int, autocast: Autocast,
 ) -> dict[str, float]:  # fmt: skip
     """Train one epoch at `lr`, then evaluate; `data` is (x, y, x_val, y_val). The order
     depends on (seed, epoch) only, so a resumed trial replays it exactly."""
     x, y, xv, yv = data
     for group in opt.param_groups:
         group["lr"] = lr
-    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    gen = epoch_generator(seed, epoch)
     with autocast():
         train_loss, train_acc = train_epoch(model, opt, x, y, batch_size, gen)
         val_loss, val_acc = evaluate(model, xv, yv)
@@ -311,7 +279,7 @@ class Pruning(Study):
         opt = sgd(model, p.lr, p)
         val_acc = 0.0
         for epoch in range(p.epochs):
-            lr = lr_at(p.lr, epoch, p.epochs)
+            lr = step_decay_lr(p.lr, epoch, p.epochs, LR_DROPS)
             metrics = run_epoch(model, opt, lr, data, p.batch_size, ctx.seed, epoch, ctx.autocast)
             val_acc = metrics["val_acc"]
             ctx.log(metrics, step=epoch)
@@ -337,7 +305,9 @@ class Pruning(Study):
         }
         config = {**plan.config, "ratio": p.ratio, "method": p.method, **extra}
         for epoch in range(ctx.start_epoch, plan.epochs):
-            lr = lr_at(plan.lr, epoch, plan.epochs) if plan.step_decay else plan.lr
+            lr = plan.lr
+            if plan.step_decay:
+                lr = step_decay_lr(plan.lr, epoch, plan.epochs, LR_DROPS)
             metrics = run_epoch(model, opt, lr, data, p.batch_size, ctx.seed, epoch, ctx.autocast)
             metrics.update(epochs_total=plan.epochs, sparsity=sparsity(model), **plan.facts)
             state = {"model": bake(model), "optimizer": opt.state_dict(), "model_config": config}

@@ -77,10 +77,16 @@ class RunningStage:
         return autocast(self.device, self.bf16)
 
 
+# The shared code a study's stages may run besides its own (skeptic.training's loops).
+SHARED_CODE = (Path(__file__).with_name("training.py"),)
+
+
 def code_hash(study: Study) -> str:
-    """Hash of the study's source files: editing the study invalidates its cached stages."""
+    """Hash of the study's source files and the shared training code: editing either
+    invalidates the study's cached stages."""
     path = Path(inspect.getfile(type(study)))
     files = sorted(path.parent.glob("*.py")) if path.name != "__init__.py" else [path]
+    files += list(SHARED_CODE)
     digest = hashlib.sha256()
     for file in files:
         digest.update(file.name.encode() + file.read_bytes())

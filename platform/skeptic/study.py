@@ -187,16 +187,16 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-_REGISTRY: dict[str, type[Study]] = {}
+_STUDIES: dict[str, type[Study]] = {}  # name -> class, filled by @register_study
 BROKEN: dict[str, str] = {}  # study module -> why it failed to import
 
 
 def register_study(cls: type[Study]) -> type[Study]:
     """Class decorator: make a study findable by its `name`."""
-    existing = _REGISTRY.get(cls.name)
+    existing = _STUDIES.get(cls.name)
     if existing is not None and existing.__qualname__ != cls.__qualname__:
         raise ValueError(f"two studies named {cls.name!r}: {existing} and {cls}")
-    _REGISTRY[cls.name] = cls
+    _STUDIES[cls.name] = cls
     return cls
 
 
@@ -247,16 +247,16 @@ def _load(name: str, load: Any) -> None:
 
 def all_studies() -> dict[str, type[Study]]:
     _discover()
-    return dict(sorted(_REGISTRY.items()))
+    return dict(sorted(_STUDIES.items()))
 
 
 def get_study(name: str) -> Study:
-    if name not in _REGISTRY:
+    if name not in _STUDIES:
         _import_by_name(name)
-    if name not in _REGISTRY:
+    if name not in _STUDIES:
         _discover()
-    if name not in _REGISTRY:
-        known = ", ".join(sorted(_REGISTRY)) or "none found"
+    if name not in _STUDIES:
+        known = ", ".join(sorted(_STUDIES)) or "none found"
         broken = "".join(f"; {module} failed to import: {why}" for module, why in BROKEN.items())
         raise UnknownStudy(f"unknown study {name!r} (known studies: {known}){broken}")
-    return _REGISTRY[name]()
+    return _STUDIES[name]()
