@@ -22,6 +22,7 @@ for key, value in {
     os.environ.setdefault(key, value)
 
 import sys
+import time
 
 import pytest
 
@@ -50,3 +51,31 @@ def mlflow_store(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(ray_session, tmp_path_factory):
+    """`skeptic run STUDY --smoke` once per study per test session, each in a store and folder
+    of its own: (tracking URI, folder, seconds it took). The every-study test and a study's
+    own tests read the same sweep instead of running it twice."""
+    from skeptic.cli import main
+
+    done: dict[str, tuple[str, Path, float]] = {}
+
+    def run(study: str) -> tuple[str, Path, float]:
+        if study not in done:
+            folder = tmp_path_factory.mktemp(f"smoke-{study}")
+            uri = f"sqlite:///{folder / 'mlflow.db'}"
+            patch = pytest.MonkeyPatch()
+            patch.chdir(folder)
+            patch.setenv("MLFLOW_TRACKING_URI", uri)
+            started = time.perf_counter()
+            try:
+                code = main(["run", study, "--smoke", "--storage", str(folder / "runs")])
+            finally:
+                patch.undo()
+            assert code == 0, f"{study} --smoke exited {code}"
+            done[study] = (uri, folder, time.perf_counter() - started)
+        return done[study]
+
+    return run

@@ -265,11 +265,12 @@ def test_default_sweep_runs_each_sfuda_method_once_per_scenario_and_seed():
 
 
 @pytest.mark.slow
-def test_smoke_sweep_end_to_end(ray_session, mlflow_store, tmp_path):
-    from skeptic.cli import main
+def test_smoke_sweep_end_to_end(smoke_sweep):
+    import mlflow
 
-    assert main(["run", "few_shot", "--smoke", "--storage", str(tmp_path / "runs")]) == 0
-    client = MlflowClient(mlflow_store)
+    uri, _, _ = smoke_sweep("few_shot")  # shared with tests/test_every_study.py
+    mlflow.set_tracking_uri(uri)  # models:/ below is read from this store
+    client = MlflowClient(uri)
     exp = client.get_experiment_by_name("few_shot")
     runs = client.search_runs([exp.experiment_id], max_results=100)
     parent = next(r for r in runs if r.data.tags.get("skeptic.kind") == "sweep")
@@ -295,8 +296,6 @@ def test_smoke_sweep_end_to_end(ray_session, mlflow_store, tmp_path):
     assert champion.data.params["method"] == "ft"  # the adapted few-shot model
     source_run = champion.data.tags["skeptic.upstream.source"]
     assert client.get_run(source_run).data.tags["skeptic.stage"] == "source"
-    import mlflow
-
     model = mlflow.pyfunc.load_model(f"models:/few_shot/{version.version}")
     meta = model.metadata.metadata
     assert (meta["k"], meta["scenario"], meta["method"]) == (1, "standard", "ft")

@@ -11,24 +11,14 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from skeptic.cli import main
-
 pytestmark = pytest.mark.slow
 
 EXPECTED_EPOCHS = {"SB": 2, "LB": 2, "+RA": 16}  # smoke: 2 epochs; +RA adapts 256/32 = 8x
 
 
 @pytest.fixture(scope="module")
-def smoke_run(ray_session, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("smoke")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    old = os.getcwd()
-    os.chdir(tmp)
-    try:
-        code = main(["run", "large_batch", "--smoke", "--tracking-uri", uri, "--storage", str(tmp / "runs")])
-    finally:
-        os.chdir(old)
-    assert code == 0
+def smoke_run(smoke_sweep):
+    uri, tmp, _ = smoke_sweep("large_batch")  # shared with tests/test_every_study.py
     return uri, tmp
 
 

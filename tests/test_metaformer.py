@@ -5,8 +5,6 @@ Ray into a temporary MLflow store."""
 
 from __future__ import annotations
 
-import os
-
 import mlflow
 import pytest
 import torch
@@ -18,7 +16,6 @@ from torch import nn
 from jobs.metaformer.mixers import ABLATIONS, MIXERS, RandomMixing, Zero, build_metaformer
 from jobs.metaformer.study import MetaFormerStudy, Params, count_macs, count_params
 from jobs.metaformer.verdict import judge
-from skeptic.cli import main
 from skeptic.spec import load_spec
 from skeptic.study import TrialResult
 
@@ -174,18 +171,8 @@ def test_smoke_spec_is_small_and_default_spec_is_valid():
 
 
 @pytest.fixture(scope="module")
-def smoke_run(ray_session, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("mf_smoke")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    old = os.getcwd()
-    os.chdir(tmp)
-    try:
-        code = main(
-            ["run", "metaformer", "--smoke", "--tracking-uri", uri, "--storage", str(tmp / "runs")]
-        )
-    finally:
-        os.chdir(old)
-    assert code == 0
+def smoke_run(smoke_sweep):
+    uri, tmp, _ = smoke_sweep("metaformer")  # shared with tests/test_every_study.py
     return uri, tmp
 
 

@@ -23,7 +23,6 @@ from jobs.pruning.prune import (
     structured_prune,
 )
 from jobs.pruning.study import BASELINE_FIELDS, Params, Pruning, plan_trial, tensors
-from skeptic.cli import main
 from skeptic.data import load_dataset
 from skeptic.stages import RunningStage
 from skeptic.training import evaluate, train_epoch
@@ -168,19 +167,8 @@ def test_run_stage_gives_a_usable_baseline(baseline, data, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def smoke_run(ray_session, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("pruning")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    mp = pytest.MonkeyPatch()
-    mp.chdir(tmp)
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    try:
-        code = main(
-            ["run", "pruning", "--smoke", "--tracking-uri", uri, "--storage", str(tmp / "runs")]
-        )
-    finally:
-        mp.undo()
-    assert code == 0
+def smoke_run(smoke_sweep):
+    uri, tmp, _ = smoke_sweep("pruning")  # shared with tests/test_every_study.py
     return uri, tmp
 
 
@@ -215,6 +203,7 @@ def test_smoke_champion_is_a_registered_pruned_model(smoke_run):
     import mlflow
 
     uri, _ = smoke_run
+    mlflow.set_tracking_uri(uri)  # version.source (models:/m-...) is read from this store
     client = MlflowClient(uri)
     version = client.get_model_version_by_alias("pruning", "champion")
     meta = mlflow.models.get_model_info(version.source).metadata
@@ -222,7 +211,6 @@ def test_smoke_champion_is_a_registered_pruned_model(smoke_run):
     assert meta["ratio"] == 0.5
     # the smoke also runs a ticket arm, but a masked model is not smaller: never the champion
     assert meta["method"] in ("fine_tuned", "scratch_e", "scratch_b")
-    mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model("models:/pruning@champion")
     probs = model.predict(np.random.rand(3, 3, 8, 8).astype(np.float32))
     assert probs.shape == (3, 10)
