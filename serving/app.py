@@ -52,13 +52,16 @@ from serving.api import (
     token_ok,
     top_k,
 )
-from serving.registry import (
+from serving.model_ref import (
+    LEGACY_METRIC,
     ModelRefError,
     ResolvedModel,
     check_safe_format,
     parse_model_ref,
     resolve,
+    version_metric,
 )
+from skeptic.schema import Tag
 from skeptic.store import resolve_tracking_uri
 
 logger = logging.getLogger("ray.serve")
@@ -138,6 +141,7 @@ class ModelServer:
         self.input_dtype = str(spec.type)
         meta = dict(self.pyfunc.metadata.metadata or {})
         self.meta = meta
+        self.metric = version_metric(cfg.get("tags") or {}, self._study_metric())
         self.device = self._place(cfg.get("num_gpus", 0))
         warm = np.zeros((1, *self.input_shape), dtype=self.input_dtype)
         self.num_classes = int(self._forward(warm).shape[1])
@@ -169,6 +173,12 @@ class ModelServer:
             raise RuntimeError("ray_actor_options asks for a GPU but torch sees no CUDA device")
         self.pyfunc.unwrap_python_model().model.to("cuda")
         return "cuda"
+
+    def _study_metric(self) -> str | None:
+        """The served study's own metric (the loaded model rebuilt it with the study):
+        names the metric of versions registered before Tag.METRIC was written."""
+        study = getattr(self.pyfunc.unwrap_python_model(), "study", None)
+        return getattr(study, "metric", None)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self.pyfunc.predict(batch))
@@ -229,9 +239,11 @@ class ModelServer:
             "alias": self.cfg.get("alias"),
             "run_id": self.pyfunc.metadata.run_id,
             "study": self.meta.get("study"),
-            "verdict": tags.get("skeptic.verdict"),
-            "sweep_id": tags.get("skeptic.sweep_id"),
-            "val_acc": _maybe_float(tags.get("skeptic.val_acc")),
+            "verdict": tags.get(Tag.VERDICT),
+            "sweep_id": tags.get(Tag.SWEEP_ID),
+            "metric": dict(self.metric),
+            # Kept for clients of the field that predates "metric": only a val_acc metric.
+            "val_acc": self.metric["value"] if self.metric["name"] == LEGACY_METRIC else None,
             "input_shape": list(self.input_shape),
             "input_dtype": self.input_dtype,
             "class_names": self.class_names,
@@ -255,13 +267,6 @@ class ModelServer:
 
     def __serve_build_asgi_app__(self) -> FastAPI:  # Serve calls it after __init__
         return build_fastapi(self)
-
-
-def _maybe_float(value: str | None) -> float | str | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return value
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:

@@ -30,7 +30,8 @@ import yaml
 from PIL import Image
 
 from serving.api import token_digest, token_ok
-from serving.registry import ModelRefError, parse_model_ref
+from serving.model_ref import ModelRefError, parse_model_ref, version_metric
+from skeptic.schema import Tag
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "test-token-7f3a"
@@ -99,22 +100,41 @@ def _register(uri: str, artifacts: Path, seed: int, verdict: str) -> tuple[str, 
             module.running_mean.normal_(0, 0.5)
     state = {"model": model.state_dict(), "model_config": CONFIG}
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(NAME)
-    exp_id = (
-        experiment.experiment_id
-        if experiment
-        else client.create_experiment(NAME, artifact_location=artifacts.as_uri())
-    )
-    run_id = client.create_run(exp_id, run_name=f"seed{seed}").info.run_id
-    tags = {
-        "skeptic.verdict": verdict,
-        "skeptic.sweep_id": f"sweep-{seed}",
-        "skeptic.val_acc": "0.5",
-    }
+    run_id = client.create_run(_experiment(client, NAME, artifacts), run_name=f"seed{seed}")
+    run_id = run_id.info.run_id
+    tags = {Tag.VERDICT: verdict, Tag.SWEEP_ID: f"sweep-{seed}", Tag.score("val_acc"): "0.5"}
     with _use_tracking_uri(uri):
         version = register_champion(study, state, {"seed": seed}, run_id, tags).version
     client.set_terminated(run_id)
     return version, model.eval()
+
+
+def _experiment(client: object, name: str, artifacts: Path) -> str:
+    """The id of experiment `name`, made with its artifacts under `artifacts` if new."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=artifacts.as_uri())
+
+
+def _register_flaky(uri: str, artifacts: Path, score: float) -> str:
+    """Register a model of the test study `flaky`, whose metric is `score`, not val_acc,
+    the way a sweep does (register_champion with the trial's score); returns its version."""
+    from mlflow.tracking import MlflowClient
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+    from skeptic_test_studies.flaky import Flaky
+
+    from skeptic.champion import register_champion
+
+    study, config = Flaky(), {"width": 4}
+    state = {"model": study.build_model(config).state_dict(), "model_config": config}
+    client = MlflowClient(uri)
+    run_id = client.create_run(_experiment(client, study.name, artifacts)).info.run_id
+    tags = {Tag.VERDICT: "undecided", Tag.SWEEP_ID: "sweep-flaky"}
+    with _use_tracking_uri(uri):
+        registered = register_champion(study, state, config, run_id, tags, score=score)
+    client.set_terminated(run_id)
+    return registered.version
 
 
 def _local_probs(model: object, batch: np.ndarray) -> np.ndarray:
@@ -191,6 +211,16 @@ def test_parse_model_ref_rejects(text: str) -> None:
         parse_model_ref(text)
 
 
+def test_version_metric_names_the_studys_metric_and_falls_back_for_old_versions() -> None:
+    new = {Tag.METRIC: "test_acc", Tag.score("test_acc"): "0.73", Tag.score("val_acc"): "0.5"}
+    assert version_metric(new, "val_acc") == {"name": "test_acc", "value": 0.73}
+    # registered before Tag.METRIC: the study's own metric, else val_acc
+    old = {Tag.score("test_acc"): "0.7", Tag.score("val_acc"): "0.5"}
+    assert version_metric(old, "test_acc") == {"name": "test_acc", "value": 0.7}
+    assert version_metric(old) == {"name": "val_acc", "value": 0.5}
+    assert version_metric({}) == {"name": "val_acc", "value": None}
+
+
 def test_token_check_is_digest_based() -> None:
     digest = token_digest("s3cret")
     assert token_ok("Bearer s3cret", digest)
@@ -226,8 +256,7 @@ def test_rayservice_args_are_valid_build_app_args() -> None:
 def test_unknown_model_or_alias_fails_before_anything_starts(
     store, tmp_path, monkeypatch, restore_env, capsys
 ) -> None:
-    from serving import control
-    from skeptic import serve_cli
+    from serving import cli, control
 
     def no_start(*args, **kwargs):
         raise AssertionError("a Ray head was started for an unknown model")
@@ -241,7 +270,7 @@ def test_unknown_model_or_alias_fails_before_anything_starts(
         f"{NAME}/99": f"model '{NAME}' has no version 99",
     }
     for ref, message in cases.items():
-        assert serve_cli.main(["serve", ref, "--tracking-uri", store["uri"]]) == 2
+        assert cli.main(["serve", ref, "--tracking-uri", store["uri"]]) == 2
         assert __import__("re").search(message, capsys.readouterr().err), ref
     assert not (tmp_path / "ray").exists()  # no head, no address file
 
@@ -263,13 +292,12 @@ def test_unknown_model_or_alias_fails_before_anything_starts(
     ],
 )
 def test_cli_bad_input_exits_2(argv, message, tmp_path, monkeypatch, restore_env, capsys) -> None:
-    from serving import control
-    from skeptic import serve_cli
+    from serving import cli, control
 
     monkeypatch.setattr(control, "start_head", lambda *a, **k: pytest.fail("started a head"))
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert serve_cli.main(argv) == 2
+    assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
 
 
@@ -329,6 +357,7 @@ def test_metadata_healthz_and_docs(served, store) -> None:
     assert meta["class_names"] == CONFIG["class_names"]
     assert meta["study"] == NAME and meta["verdict"] == "held" and meta["run_id"]
     assert meta["limits"]["max_batch_items"] == 8 and meta["batching"]["enabled"] is True
+    assert meta["metric"] == {"name": "val_acc", "value": 0.5} and meta["val_acc"] == 0.5
     assert _http("GET", f"{served['base']}/healthz")[0] == 200
     status, spec = _http("GET", f"{served['base']}/openapi.json")
     assert status == 200 and "/predict" in spec["paths"]
@@ -338,6 +367,33 @@ def test_metadata_healthz_and_docs(served, store) -> None:
     with urllib.request.urlopen(request, timeout=30) as response:
         html = response.read().decode()
     assert response.status == 200 and f"/{NAME}/openapi.json" in html
+
+
+def test_metadata_reports_a_champion_metric_that_is_not_val_acc(served, tmp_path) -> None:
+    """A champion of a study whose metric is `score` (the test study `flaky`), registered
+    as a sweep registers it, in a store of its own: /metadata names that metric."""
+    from ray import serve
+
+    from serving.control import deploy, wait_healthy
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    version = _register_flaky(uri, tmp_path / "artifacts", score=4.3)
+    args = {
+        "model": "flaky@champion", "tracking_uri": uri, "token": TOKEN,
+        "ray_actor_options": {"num_cpus": 0.5},
+    }  # fmt: skip
+    try:
+        deploy(args, "flaky")
+        base = f"http://127.0.0.1:{served['port']}/flaky"
+        wait_healthy(base, TOKEN, timeout_s=120)
+        status, meta = _http("GET", f"{base}/metadata")
+    finally:
+        serve.delete("flaky", _blocking=False)  # its replica takes ~30 s to drain: not waited for
+    assert status == 200, meta
+    assert meta["study"] == "flaky" and meta["version"] == version
+    assert meta["metric"] == {"name": "score", "value": 4.3}
+    assert meta["val_acc"] is None  # the old field speaks of val_acc only
+    assert meta["verdict"] == "undecided" and meta["sweep_id"] == "sweep-flaky"
 
 
 def _with(inputs: list, token: str) -> bytes:
@@ -561,7 +617,7 @@ def test_cli_serve_config_query_list_and_shutdown(store, tmp_path) -> None:
 
     def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "skeptic.serve_cli", *args],
+            [sys.executable, "-m", "skeptic", *args],  # serve/query found by entry point
             check=False, env=env, capture_output=True, text=True, timeout=timeout, cwd=tmp_path,
         )  # fmt: skip
 

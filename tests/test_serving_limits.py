@@ -134,13 +134,12 @@ def test_parse_body_refuses_deep_json_without_recursing() -> None:
 
 
 def test_cli_flag_reaches_the_app_args(monkeypatch, tmp_path, capsys) -> None:
-    from serving import control
-    from skeptic import serve_cli
+    from serving import cli, control
 
     monkeypatch.setattr(control, "start_head", lambda *a, **k: pytest.fail("started a head"))
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert serve_cli.main(["serve", "m@a", "--max-decoded-pixels", "0"]) == 2
+    assert cli.main(["serve", "m@a", "--max-decoded-pixels", "0"]) == 2
     assert "max_decoded_pixels" in capsys.readouterr().err
 
 

@@ -240,6 +240,28 @@ def _add_tracking(p: argparse.ArgumentParser) -> None:
     )
 
 
+COMMANDS_GROUP = "skeptic.commands"
+
+
+def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:
+    """Commands other packages add (`serve` and `query` come from `serving`): each entry
+    point of COMMANDS_GROUP is a function taking the sub-commands object. Found, like the
+    studies, by discovery, so the core never imports what plugs into it."""
+    import importlib.metadata
+
+    entries = importlib.metadata.entry_points(group=COMMANDS_GROUP)
+    for entry in sorted(entries, key=lambda e: e.name):  # a stable order in --help
+        try:
+            entry.load()(sub)
+        except Exception as err:  # noqa: BLE001  (one broken plugin must not break the others)
+            why = (str(err).splitlines() or [""])[0]
+            print(
+                f"skeptic: error: command plugin {entry.name!r} ({entry.value}) failed to load: "
+                f"{type(err).__name__}: {why}",
+                file=sys.stderr,
+            )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="skeptic",
@@ -311,9 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracking(p)
     p.set_defaults(func=_cmd_ui)
 
-    from skeptic.serve_cli import add_commands as add_serve_commands
-
-    add_serve_commands(sub)
+    _add_plugin_commands(sub)
     from skeptic.quickstart import add_command as add_quickstart_command
 
     add_quickstart_command(sub)

@@ -3,7 +3,8 @@ MLflow registry to one concrete version, and refuse formats that would unpickle 
 
 Used twice: by `skeptic serve` in the CLI process, so that an unknown model or alias is
 an error before anything starts, and by `build_app` (which may run on the cluster, e.g.
-under KubeRay), which pins the version it resolved into the deployment.
+under KubeRay), which pins the version it resolved into the deployment. Also reads what
+a resolved version's tags say about it (`version_metric`), for /metadata.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from skeptic.schema import Tag
+
 # Registered-model names in Skeptic are study names; MLflow allows more, but a route
 # prefix and an app name must stay simple, so the served name is checked separately.
 _REF = re.compile(r"^(?P<name>[^@/\s]+)(?:@(?P<alias>[^@/\s]+)|/(?P<version>\d+))$")
@@ -19,7 +22,9 @@ _APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 # The one loader that rebuilds a model from code + safetensors (see skeptic.pyfunc_model).
 SAFE_LOADER = "mlflow.pyfunc.loaders.code_model"
-TAGS = ("skeptic.verdict", "skeptic.sweep_id", "skeptic.val_acc")
+# The metric of versions registered before champion registration tagged the metric's name
+# (Tag.METRIC) and of studies that keep Study.metric's default.
+LEGACY_METRIC = "val_acc"
 
 
 class ModelRefError(ValueError):
@@ -45,7 +50,7 @@ class ResolvedModel:
     ref: str  # what the user asked for, e.g. large_batch@champion
     alias: str | None
     run_id: str | None
-    tags: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)  # all of the version's tags
 
     @property
     def uri(self) -> str:
@@ -122,15 +127,31 @@ def resolve(ref: ModelRef | str, tracking_uri: str) -> ResolvedModel:
             f"model {ref.name!r} has no version {ref.version} "
             f"(versions: {', '.join(map(str, versions)) or 'none'})"
         ) from None
-    tags = {k: v for k, v in (mv.tags or {}).items() if k.startswith("skeptic.")}
     return ResolvedModel(
         name=ref.name,
         version=str(mv.version),
         ref=str(ref),
         alias=ref.alias,
         run_id=mv.run_id,
-        tags=tags,
+        tags=dict(mv.tags or {}),
     )
+
+
+def version_metric(tags: dict[str, str], study_metric: str | None = None) -> dict[str, Any]:
+    """The metric a registered version was judged by, as /metadata reports it:
+    `{"name": ..., "value": ...}`. Its name is the version's Tag.METRIC; versions registered
+    before that tag existed fall back to the study's own metric (when the caller knows it),
+    else to val_acc. The value is None when the version has no such tag."""
+    name = tags.get(Tag.METRIC) or study_metric or LEGACY_METRIC
+    return {"name": name, "value": _number(tags.get(Tag.score(name)))}
+
+
+def _number(value: str | None) -> float | str | None:
+    # A tag that is not a number is still shown, as written, rather than dropped.
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return value
 
 
 def check_safe_format(model: ResolvedModel, tracking_uri: str) -> dict[str, Any]:

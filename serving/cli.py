@@ -1,5 +1,9 @@
 """`skeptic serve` and `skeptic query`: serve registered models with Ray Serve, query them.
 
+The serving app owns its command line: `skeptic` finds these commands through the entry
+point `serving = "serving.cli:add_commands"` of the group `skeptic.commands` (see
+pyproject.toml), so the core never imports `serving`.
+
     skeptic serve large_batch@champion            # start (or reuse) a local Ray, deploy, wait
     skeptic serve large_batch/3 --name lb_v3      # a specific version, side by side
     skeptic serve --config serving/large_batch.yaml
@@ -266,7 +270,7 @@ def _quiet_serve_logs() -> None:
 
 
 def _resolve_or_exit(ref_text: str, uri: str) -> Any:
-    from serving.registry import ModelRefError, check_safe_format, parse_model_ref, resolve
+    from serving.model_ref import ModelRefError, check_safe_format, parse_model_ref, resolve
     from skeptic.store import check_store
 
     check_store(uri, must_exist=True)
@@ -307,7 +311,7 @@ def _disconnect() -> None:
 
 
 def _serve_model(args: argparse.Namespace) -> int:
-    from serving.registry import ModelRefError, check_app_name, parse_model_ref
+    from serving.model_ref import ModelRefError, check_app_name, parse_model_ref
     from skeptic.store import resolve_tracking_uri
 
     # 1. Everything that can be checked before anything starts.
@@ -316,10 +320,13 @@ def _serve_model(args: argparse.Namespace) -> int:
         name = check_app_name(args.name or ref.name)
     except ModelRefError as err:
         raise SpecError(str(err)) from None
+    # Decides (starts nothing) and sets Ray's client environment, which Ray reads when it
+    # is imported: before _serve_args, whose ServeArgs imports ray. Later, a driver on a
+    # machine with a network address joins the loopback head at that address, and fails.
+    address, state = _plan_cluster(args, may_start=True)
     options = _serve_args(args)
     uri = resolve_tracking_uri(args.tracking_uri)
     resolved = _resolve_or_exit(args.model, uri)
-    address, state = _plan_cluster(args, may_start=True)
     token = _token(args)
     host = args.host or "127.0.0.1"
     if host not in ("127.0.0.1", "localhost", "::1") and not token:
@@ -569,7 +576,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m skeptic.serve_cli serve|query ...` (the same commands as `skeptic`)."""
+    """`python -m serving.cli serve|query ...` (the same commands as `skeptic`)."""
     from skeptic.cli import EXIT_BAD_INPUT, QUIET_ENV
 
     for key, value in QUIET_ENV.items():
