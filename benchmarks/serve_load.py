@@ -119,6 +119,7 @@ def register(root: Path, widths: list[int], depth: int, size: int) -> tuple[str,
 
     from jobs.large_batch.study import LargeBatch
     from skeptic.champion import register_champion
+    from skeptic.schema import Tag
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -133,7 +134,7 @@ def register(root: Path, widths: list[int], depth: int, size: int) -> tuple[str,
         state = {"model": study.build_model(config).state_dict(), "model_config": config}
         run_id = client.create_run(exp).info.run_id
         with _use_tracking_uri(uri):
-            tags = {"skeptic.verdict": "bench"}
+            tags = {Tag.VERDICT: "bench"}
             versions.append(register_champion(study, state, {"width": width}, run_id, tags).version)
         client.set_terminated(run_id)
     return uri, versions
