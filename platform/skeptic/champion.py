@@ -61,6 +61,24 @@ def register_champion(
     run and register it as a new version. The `champion` alias moves to it when `score`
     (the study's metric) is at least as good as the current champion's, or always with
     policy "latest"; concurrent sweeps on one SQLite store take turns (store_lock)."""
+    version = _log_model(study, state, params, run_id)
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(study.name, version, key, value)
+    client.set_model_version_tag(study.name, version, Tag.METRIC, study.metric)
+    if score is not None:
+        client.set_model_version_tag(study.name, version, Tag.score(study.metric), f"{score:.6g}")
+    with store_lock(mlflow.get_tracking_uri()):
+        move, reason = _should_move(client, study, score, policy)
+        if move:
+            client.set_registered_model_alias(study.name, CHAMPION, version)
+    champion = version if move else str(_current(client, study.name).version)
+    return Registration(version, champion, reason)
+
+
+def _log_model(study: Study, state: dict[str, Any], params: dict[str, Any], run_id: str) -> str:
+    """Log the model under `run_id` as MLflow pyfunc code + safetensors and register it;
+    return the new version."""
     config, state_dict = state["model_config"], state["model"]
     model = study.build_model(config)
     model.load_state_dict(state_dict)
@@ -87,19 +105,7 @@ def register_champion(
                 pip_requirements=_requirements(),
                 metadata=json.loads(json.dumps(meta, default=str)),
             )
-    version = str(info.registered_model_version)
-    client = MlflowClient()
-    for key, value in tags.items():
-        client.set_model_version_tag(study.name, version, key, value)
-    client.set_model_version_tag(study.name, version, Tag.METRIC, study.metric)
-    if score is not None:
-        client.set_model_version_tag(study.name, version, Tag.score(study.metric), f"{score:.6g}")
-    with store_lock(mlflow.get_tracking_uri()):
-        move, reason = _should_move(client, study, score, policy)
-        if move:
-            client.set_registered_model_alias(study.name, CHAMPION, version)
-    champion = version if move else str(_current(client, study.name).version)
-    return Registration(version, champion, reason)
+    return str(info.registered_model_version)
 
 
 def registered_before(study: Study, version: str) -> Registration:
