@@ -11,13 +11,18 @@ from skeptic.contexts import StageContext, TrialContext
 from skeptic.data import DataError, DataPlan
 from skeptic.schema import Outcome
 from skeptic.spec import Spec, SpecError, grid_points, sweep_params
-from skeptic.stats import diff_se, summarize
-from skeptic.study import Stage, Study, TrialResult, Verdict, register_study
+from skeptic.stats import Compare, Decision, Judged, Question, diff_se, summarize
+from skeptic.study import Evidence, Stage, Study, TrialResult, Verdict, register_study
 
 __all__ = [
+    "Compare",
     "DataError",
     "DataPlan",
+    "Decision",
+    "Evidence",
+    "Judged",
     "Outcome",
+    "Question",
     "Spec",
     "SpecError",
     "Stage",

@@ -10,15 +10,29 @@ from ray import tune
 
 from skeptic.preflight import check_resources, preflight
 from skeptic.schema import Param
-from skeptic.spec import Dim, Spec, count_trials, grid_points
+from skeptic.spec import (
+    Dim,
+    Spec,
+    check_selection_metric,
+    count_trials,
+    grid_points,
+    seed_looks,
+)
 from skeptic.stages import plan_tasks
+from skeptic.stats import ALPHA, look_levels
 from skeptic.study import Study
 
 
 def check_before_start(study: Study, spec: Spec, address: str | None) -> None:
     """Everything a spec can be refused for, before Ray starts or anything is logged."""
+    check_selection_metric(selection_metric(study, spec), "sweep.metric")
     preflight(study, spec)
     check_resources(spec, address)
+
+
+def selection_metric(study: Study, spec: Spec) -> str:
+    """What Tune optimises and the champion is chosen by: sweep.metric, else the study's."""
+    return spec.sweep.metric or study.metric
 
 
 def sampled_dims(spec: Spec) -> dict[str, Dim]:
@@ -35,10 +49,9 @@ def tune_dim(dim: Dim) -> Any:
     return tune.loguniform(*dim.loguniform)
 
 
-def param_space(spec: Spec) -> dict[str, Any]:
+def param_space(spec: Spec, points: list[dict], seeds: list[int]) -> dict[str, Any]:
     """Grid points (already crossed with arms and de-duplicated) x seeds x sampled dims."""
-    seeds = [spec.sweep.base_seed + i for i in range(spec.sweep.seeds)]
-    space = {"point": tune.grid_search(grid_points(spec)), "seed": tune.grid_search(seeds)}
+    space = {"point": tune.grid_search(points), "seed": tune.grid_search(seeds)}
     space.update({k: tune_dim(d) for k, d in sampled_dims(spec).items()})
     return space
 
@@ -55,11 +68,11 @@ def describe_plan(study: Study, spec: Spec, address: str | None = None) -> str:
     """What --dry-run prints: the trial count and every grid point (after every check)."""
     check_before_start(study, spec, address)
     points = grid_points(spec)
-    sweep, resources = spec.sweep, spec.resources
+    sweep, resources, looks = spec.sweep, spec.resources, seed_looks(spec)
     lines = [
         (
             f"study {study.name}: {count_trials(spec)} trials = {len(points)} grid points"
-            f" x {sweep.seeds} seeds x {sweep.num_samples} samples"
+            f" x {looks[0]} seeds x {sweep.num_samples} samples"
         ),
         (
             f"scheduler {sweep.scheduler.kind}, per trial cpu={resources.cpu}"
@@ -75,5 +88,22 @@ def describe_plan(study: Study, spec: Spec, address: str | None = None) -> str:
         lines.append(
             f"stage {stage.name}: {count} tasks (by {', '.join(stage.depends_on)} x seed), {how}"
         )
+    lines += _comparison_lines(study, spec, looks)
     lines += [f"  [{i}] {json.dumps(point, default=str)}" for i, point in enumerate(points)]
     return "\n".join(lines)
+
+
+def _comparison_lines(study: Study, spec: Spec, looks: tuple[int, ...]) -> list[str]:
+    compares = study.comparisons(spec)
+    lines = [f"deciding comparisons ({study.report_metric}, Holm over {len(compares)}):"]
+    for c in compares:
+        margin = f" +-{c.margin:g}" if c.margin else ""
+        lines.append(f"  {c.name}: {dict(c.a)} vs {dict(c.b)}, {c.question}{margin}")
+    if len(looks) > 1:
+        levels = ", ".join(f"{n}: {a:.3g}" for n, a in zip(looks, look_levels(looks)))
+        lines.append(
+            f"seeds until decided: looks at {', '.join(map(str, looks))} seeds, up to "
+            f"{len(grid_points(spec)) * looks[-1] * spec.sweep.num_samples} trials; level per "
+            f"look (O'Brien-Fleming-shaped, overall {ALPHA:g}): {levels}"
+        )
+    return lines

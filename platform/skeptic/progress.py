@@ -24,9 +24,9 @@ def _label(config: dict) -> str:
 class Progress(Callback):
     """One line: trials done / running / pending, best metric so far, elapsed, estimate left."""
 
-    def __init__(self, total: int, metric: str, mode: str) -> None:
+    def __init__(self, total: int, metric: str, mode: str, label: str = "") -> None:
         # No stream attribute: Tune pickles its callbacks with the experiment state.
-        self.total, self.metric, self.mode = total, metric, mode
+        self.total, self.metric, self.mode, self.label = total, metric, mode, label
         self.tty = sys.stderr.isatty()
         self.start = time.monotonic()
         self.best: float | None = None
@@ -67,8 +67,9 @@ class Progress(Callback):
         eta = _clock(elapsed / fraction - elapsed) if fraction > 0.02 else "?"
         best = f"{self.best:.4f} ({self.best_trial})" if self.best is not None else "-"
         failed_text = f", {failed} failed" if failed else ""
+        label = f"{self.label} " if self.label else ""
         return (
-            f"[{_clock(elapsed)}] trials {done}/{self.total} done{failed_text}, {running} running, "
+            f"[{_clock(elapsed)}] {label}trials {done}/{self.total} done{failed_text}, {running} running, "
             f"{max(pending, 0)} pending | best {self.metric} {best} | left ~{eta}"
         )
 

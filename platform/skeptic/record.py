@@ -23,8 +23,9 @@ class SweepRecord:
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
-    folder: str  # the sweep's folder: Tune's experiment path
+    folder: str  # the sweep's folder: Tune's experiment path (of the first round)
     command: str
+    round: int = 0  # the look of a sequential seed rule in progress (0: the first)
 
     FILE: ClassVar[str] = "skeptic-sweep.json"
 
@@ -41,6 +42,10 @@ class SweepRecord:
                 f"sweep {sweep_id!r}: no {cls.FILE} under {root}/<study>/ (check --storage)"
             )
         return cls(**json.loads(matches[0].read_text()))
+
+    def round_folder(self, look: int) -> Path:
+        """Tune's experiment folder of one round (look) of the sweep."""
+        return Path(self.folder) if look == 0 else Path(self.folder) / f"round-{look}"
 
     def resume_command(self) -> str:
         """The exact command that finishes this sweep."""

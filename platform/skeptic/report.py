@@ -1,4 +1,6 @@
-"""The verdict report: Markdown + HTML + PNG plots, written to the sweep's folder."""
+"""The verdict report: Markdown + HTML + PNG plots, written to the sweep's folder. Every
+report has the deciding comparisons (one line each, and a forest plot) before the study's
+own tables and plots."""
 
 from __future__ import annotations
 
@@ -6,7 +8,10 @@ import html
 from pathlib import Path
 from typing import Any
 
+from skeptic.stats import Judged, Question
 from skeptic.study import Study, Verdict
+
+FOREST = "comparisons"  # the forest plot's file stem
 
 
 def _fmt(value: Any) -> str:
@@ -34,20 +39,69 @@ def _html_table(rows: list[dict[str, Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def comparison_rows(judged: list[Judged], split: str) -> list[dict[str, Any]]:
+    """One row per deciding comparison: what it asks, what the data show, what they decide."""
+    rows = []
+    for j in judged:
+        c, e = j.compare, j.estimate
+        rows.append({
+            "comparison": c.name, "a": _where(c.a), "b": _where(c.b),
+            "question": c.question + (f" +-{c.margin:g}" if c.question != Question.SUPERIORITY else ""),
+            f"b - a ({split})": e.diff if e else "", "95% CI": f"[{e.ci_low:+.4g}, {e.ci_high:+.4g}]" if e else "",
+            "n a/b": f"{e.n_a}/{e.n_b}" if e else "", "paired": ("by " + str(c.paired_by)) if e and e.paired else "no",
+            "p (Holm)": j.p_adjusted, "level": j.level, "decision": j.decision,
+        })  # fmt: skip
+    return rows
+
+
+def _where(selector: Any) -> str:
+    return ", ".join(f"{k}={v}" for k, v in selector.items())
+
+
+def forest_plot(judged: list[Judged], split: str) -> Any:
+    """Each comparison's difference b - a with its 95% CI, its margin band, zero marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [j for j in judged if j.estimate is not None]
+    fig, ax = plt.subplots(figsize=(7, 0.6 * max(len(shown), 1) + 1.2))
+    for y, j in enumerate(reversed(shown)):
+        e, m = j.estimate, j.compare.margin
+        if m > 0:
+            ax.fill_betweenx([y - 0.35, y + 0.35], -m, m, color="#cde", zorder=0)
+        ax.errorbar(e.diff, y, xerr=[[e.diff - e.ci_low], [e.ci_high - e.diff]], fmt="o",
+                    color="black", capsize=4)  # fmt: skip
+    ax.axvline(0, color="grey", lw=1, ls="--")
+    ax.set_yticks(range(len(shown)))
+    ax.set_yticklabels([f"{j.compare.name}: {j.decision}" for j in reversed(shown)])
+    ax.set_xlabel(f"b - a, {split} metric (95% CI); shaded: +-margin")
+    fig.tight_layout()
+    return fig
+
+
 def write_report(
     study: Study, verdict: Verdict, folder: Path, facts: dict[str, Any], command: str
 ) -> Path:
-    """Write report.md, report.html and one PNG per figure into `folder`; return report.md."""
+    """Write report.md, report.html and one PNG per figure (the forest plot first) into
+    `folder`; return report.md."""
     folder.mkdir(parents=True, exist_ok=True)
+    split = split_of(study.report_metric)
+    figures = {FOREST: forest_plot(verdict.comparisons, split), **verdict.figures}
     images = []
-    for stem, figure in verdict.figures.items():
+    for stem, figure in figures.items():
         figure.savefig(folder / f"{stem}.png", dpi=120, bbox_inches="tight")
         images.append(f"{stem}.png")
     title = f"{study.name}: the belief {verdict.label.upper()}"
     facts_md = "\n".join(f"- **{k}**: {_fmt(v)}" for k, v in facts.items())
+    compared = markdown_table(comparison_rows(verdict.comparisons, split))
+    why = "".join(f"- **{j.compare.name}**: {j.compare.why}\n" for j in verdict.comparisons if j.compare.why)
     md = (
         f"# {title}\n\n**Belief:** {study.belief}\n\n**Paper:** {study.paper}\n\n"
         f"## Verdict: {verdict.label}\n\n{verdict.summary}\n\n"
+        f"## Deciding comparisons\n\nNumbers on the **{split}** split; choices (learning rates, "
+        f"epochs, the champion) were made on validation data.\n\n{compared}\n{why}\n"
         + "".join(f"![{s}]({s})\n\n" for s in images)
         + f"## Numbers\n\n{markdown_table(verdict.table)}\n{verdict.details}\n\n"
         f"## Run\n\n{facts_md}\n\nReproduce with:\n\n```\n{command}\n```\n"
@@ -60,9 +114,19 @@ def write_report(
         f"<h1>{html.escape(title)}</h1><p><b>Belief:</b> {html.escape(study.belief)}</p>"
         f"<p><b>Paper:</b> {html.escape(study.paper)}</p>"
         f"<h2>Verdict: {verdict.label}</h2><pre>{html.escape(verdict.summary)}</pre>"
+        f"<h2>Deciding comparisons ({split} split)</h2>"
+        f"{_html_table(comparison_rows(verdict.comparisons, split))}"
         + "".join(f'<img src="{s}" style="max-width:100%">' for s in images)
         + f"<h2>Numbers</h2>{_html_table(verdict.table)}<pre>{html.escape(verdict.details)}</pre>"
         f"<h2>Run</h2><pre>{html.escape(facts_md)}\n\n{html.escape(command)}</pre>"
     )
     (folder / "report.html").write_text(page)
     return folder / "report.md"
+
+
+def split_of(metric: str) -> str:
+    """Which split a metric was measured on, from its name (test_acc -> test)."""
+    for split in ("test", "val", "train"):
+        if metric.startswith(split):
+            return split
+    return "reported"

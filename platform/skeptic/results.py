@@ -29,9 +29,13 @@ def count_ended(client: MlflowClient, record: SweepRecord) -> int:
 
 
 def check_judgeable(grid: Any, client: MlflowClient, record: SweepRecord, total: int) -> None:
-    """Judge only a whole sweep (Tune can return with trials it never started) with at
+    """Judge only a whole round (Tune can return with trials it never started) with at
     least one trial that did not fail."""
-    ended = count_ended(client, record)
+    ids = {result.metrics.get("trial_id") for result in grid}
+    ended = sum(
+        r.data.tags.get(Tag.TRIAL_ID) in ids and r.data.tags.get(Tag.OUTCOME) in ENDED
+        for r in trial_runs(client, record)
+    )
     if len(grid) < total or ended < total:
         raise SweepFailed(
             f"only {ended} of {total} trials finished; continue with: {record.resume_command()}"

@@ -27,16 +27,16 @@ from skeptic.champion import Registration, best_trial, register_best, registered
 from skeptic.connect import init_ray
 from skeptic.data import data_hash
 from skeptic.interrupt import Interrupted, StopOnSignal
-from skeptic.planning import check_before_start, swept_names
+from skeptic.planning import check_before_start
 from skeptic.record import SweepRecord, sweep_folder
 from skeptic.report import write_report
-from skeptic.results import check_judgeable, collect, count_ended
+from skeptic.results import count_ended
+from skeptic.rounds import Sweep, run_rounds
 from skeptic.schema import Artifact, Outcome, Tag
 from skeptic.spec import Spec, SpecError, count_trials, validate_spec
-from skeptic.stages import StageResults, StageSetup, code_hash, run_stages
+from skeptic.stages import code_hash
+from skeptic.stats import Judged
 from skeptic.study import Study, TrialResult, Verdict, get_study
-from skeptic.trial import TrialSetup
-from skeptic.tuning import make_tuner
 
 
 @dataclass
@@ -145,20 +145,19 @@ def _execute(
     study: Study, spec: Spec, record: SweepRecord, data: dict, verbose: bool, register: str,
     restore: bool, phases: Phases,
 ) -> SweepOutcome:  # fmt: skip
-    """Run the trials under StopOnSignal, judge and register; close the parent run."""
+    """Run the rounds of trials under StopOnSignal, judge and register; close the parent run."""
     client = MlflowClient(record.tracking_uri)
     tracking.set_active_uri(record.tracking_uri)
 
     def close_killed(outcome: Outcome) -> None:
         tracking.close_sweep(client, record.experiment_id, record.parent_run_id, "KILLED", outcome)
 
+    sweep = Sweep(study, spec, record, ray.put(data), data_hash(data)[:16] + code_hash(study))
     status = "FAILED"
     with StopOnSignal(close_killed) as stop:
         try:
-            grid = _run_trials(study, spec, record, data, verbose, restore, stop, phases)
-            if stop.signum is None:
-                check_judgeable(grid, client, record, count_trials(spec))
-                outcome = _judge_and_register(study, spec, record, client, grid, register, phases)
+            if run_rounds(sweep, client, verbose, restore, stop, phases):
+                outcome = _conclude(sweep, client, register, phases)
                 tracking.log_phases(client, record.parent_run_id, phases)
                 status = "FINISHED"
                 return outcome
@@ -173,53 +172,32 @@ def _execute(
                 "KILLED" if stop.signum else status,
             )  # fmt: skip
     ended = count_ended(client, record)
-    raise Interrupted(stop.signum, ended, count_trials(spec), record.resume_command())
+    planned = max(sweep.planned, count_trials(spec))
+    raise Interrupted(stop.signum or signal.SIGINT, ended, planned, record.resume_command())
 
 
-def _run_trials(
-    study: Study, spec: Spec, record: SweepRecord, data: dict, verbose: bool, restore: bool,
-    stop: StopOnSignal, phases: Phases,
-) -> Any:  # fmt: skip
-    """The shared stages, then every trial on Tune; returns Tune's ResultGrid."""
-    data_ref = ray.put(data)
-    salt = data_hash(data)[:16] + code_hash(study)
-    with phases.timed("stages"):
-        shared = _shared_stages(study, spec, record, data_ref, salt)
-    setup = TrialSetup(
-        spec, record.tracking_uri, record.experiment_id, record.parent_run_id, swept_names(spec),
-        salt, shared, started_at=time.time(),
-    )  # fmt: skip
-    tuner = make_tuner(study, spec, setup, data_ref, Path(record.folder), verbose, restore)
-    with phases.timed("trials"), stop.tune_running():
-        return tuner.fit()
-
-
-def _shared_stages(
-    study: Study, spec: Spec, record: SweepRecord, data_ref: Any, salt: str
-) -> StageResults:
-    if not spec.sweep.share_stages:
-        return StageResults()
-    setup = StageSetup(spec, record.tracking_uri, record.experiment_id, record.parent_run_id)
-    shared = run_stages(study, spec, setup, data_ref, salt)
-    if shared.reused:
-        client = MlflowClient(record.tracking_uri)
-        client.set_tag(record.parent_run_id, Tag.STAGES_REUSED, str(shared.reused))
-    return shared
-
-
-def _judge_and_register(
-    study: Study, spec: Spec, record: SweepRecord, client: MlflowClient, grid: Any,
-    register: str, phases: Phases,
-) -> SweepOutcome:  # fmt: skip
-    parent = record.parent_run_id
+def _conclude(sweep: Sweep, client: MlflowClient, register: str, phases: Phases) -> SweepOutcome:
+    """The verdict from the judged comparisons and the study's rule, the report, the champion."""
+    study, record = sweep.study, sweep.record
     with phases.timed("verdict"):
-        collected = collect(grid, client, record)
-        results = [t for t, _ in collected]
-        verdict = study.verdict(results, spec)
+        results = [t for t, _ in sweep.collected]
+        verdict = _verdict(study, sweep.spec, results, sweep.judged)
         report = _report(study, verdict, record, client, len(results))
+        tracking.log_decisions(client, record.parent_run_id, sweep.judged)
     with phases.timed("register"):
-        registration = _register(study, record, client, collected, verdict, register)
+        registration = _register(study, record, client, sweep.collected, verdict, register)
+    parent = record.parent_run_id
     return SweepOutcome(study.name, record.sweep_id, parent, verdict, report, results, registration)
+
+
+def _verdict(study: Study, spec: Spec, results: list[TrialResult], judged: list[Judged]) -> Verdict:
+    """The label from the study's rule over its decided comparisons; the evidence its own."""
+    held, reason = study.decide({j.compare.name: j for j in judged})
+    evidence = study.evidence(results, spec, judged)
+    summary = "\n".join([reason, *(j.line() for j in judged), evidence.summary]).strip()
+    return Verdict(
+        held, summary, evidence.table, evidence.figures, evidence.details, judged
+    )
 
 
 def _report(

@@ -39,6 +39,9 @@ class Tag:
     STAGES_REUSED = "skeptic.stages_reused"
     CHAMPION_VERSION = "skeptic.champion_version"
     CHAMPION_RUN_ID = "skeptic.champion_run_id"
+    LOOKS = "skeptic.looks"  # seeds per trial at each look, e.g. "3,5,7,9,10"
+    LEVELS = "skeptic.look_levels"  # the significance level of each look
+    ROUND = "skeptic.round"  # the look in progress (parent), or the one a trial ran in
     # a trial's run
     TRIAL_ID = "skeptic.trial_id"
     OUTCOME = "skeptic.outcome"
@@ -55,6 +58,11 @@ class Tag:
     def upstream(stage: str) -> str:
         """On a trial or stage run: the run of the upstream stage it started from."""
         return f"skeptic.upstream.{stage}"
+
+    @staticmethod
+    def decision(comparison: str) -> str:
+        """On the parent run: what the data decide for one deciding comparison."""
+        return f"skeptic.cmp.{comparison}"
 
     @staticmethod
     def score(metric: str) -> str:
@@ -90,6 +98,13 @@ class Metric:
     THROUGHPUT = "throughput"
     # seconds from Tune's start to the trial's code starting (worker start-up, queueing)
     STARTED_AFTER = "started_after_s"
+    SEEDS = "seeds"  # on the parent run: seeds per trial at each look (step = the look)
+
+    @staticmethod
+    def comparison(name: str, field: str) -> str:
+        """On the parent run, one value per look (step): cmp.<name>.diff / ci_low / ci_high
+        / p / p_adjusted / n_a / n_b of a deciding comparison."""
+        return f"cmp.{name}.{field}"
 
     @staticmethod
     def phase(name: str) -> str:

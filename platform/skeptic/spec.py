@@ -99,11 +99,34 @@ class Scheduler(_Strict):
     }  # fmt: skip
 
 
+class SeedRule(_Strict):
+    """Seeds until decided: run `min` seeds, judge the study's deciding comparisons, and add
+    `step` seeds to the trials of those still undecided, until each is decided or `max`."""
+
+    min: int = Field(3, ge=2)  # a t interval needs 2 values per arm
+    max: int = Field(10, ge=2)
+    step: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SeedRule:
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        return self
+
+    def looks(self) -> tuple[int, ...]:
+        """The number of seeds at each look: min, min + step, ..., max."""
+        return (*range(self.min, self.max, self.step), self.max)
+
+
 class Sweep(_Strict):
     space: dict[str, Dim] = {}
     derive: dict[str, Derive] = {}
     arms: dict[str, dict[str, Any]] = {}
-    seeds: int = Field(1, ge=1)
+    # a number, or a sequential rule {min, max, step} (skeptic.stats.look_levels)
+    seeds: int | SeedRule = Field(1)
+    # what Tune optimises and the champion is chosen by (default: the study's metric);
+    # a validation metric: test data are for the numbers the verdict reports
+    metric: str | None = None
     # numpy seeds (np.random.default_rng, SeedSequence) must be non-negative
     base_seed: int = Field(0, ge=0, le=MAX_SEED)
     num_samples: int = Field(1, ge=1)
@@ -128,7 +151,8 @@ class Resources(_Strict):
 class Data(_Strict):
     name: Literal["shapes", "digits", "imagefolder"] = "shapes"  # skeptic.data.DATASET_NAMES
     size: int = Field(2000, ge=10)
-    val_fraction: float = Field(0.2, gt=0, lt=1)
+    val_fraction: float = Field(0.2, gt=0, lt=1)  # for every choice (lr, epoch, champion)
+    test_fraction: float = Field(0.2, ge=0, lt=1)  # for the numbers the verdict reports
     path: str | None = None
     domain: str | None = None
     image_size: int = Field(32, ge=4, le=512)
@@ -268,6 +292,10 @@ def _check_resources(r: Resources) -> None:
 
 def _check_sweep(sweep: Sweep) -> None:
     """Sweep options that would be ignored, or that Tune would refuse after Ray started."""
+    if isinstance(sweep.seeds, int) and sweep.seeds < 1:
+        raise SpecError(f"sweep.seeds: {sweep.seeds}: give at least 1, or a rule {{min, max, step}}")
+    if sweep.metric is not None:
+        check_selection_metric(sweep.metric, "sweep.metric")
     sampled = [name for name, dim in sweep.space.items() if dim.kind != "grid"]
     cfg = sweep.scheduler
     for name, kind in Scheduler.APPLIES_TO.items():
@@ -307,7 +335,7 @@ def _check_data(data: Data) -> None:
     try:
         plan_dataset(
             data.name, data.size, data.val_fraction, data.domain, data.path, data.image_size,
-            scan=False,
+            scan=False, test_fraction=data.test_fraction,
         )  # fmt: skip
     except DataError as err:
         raise SpecError(f"data.{err.field}: {err}") from None
@@ -425,8 +453,29 @@ def grid_points(spec: Spec) -> list[dict]:
     return points
 
 
+def seed_looks(spec: Spec) -> tuple[int, ...]:
+    """How many seeds each trial has at each look: one look for a fixed number."""
+    seeds = spec.sweep.seeds
+    return (seeds,) if isinstance(seeds, int) else seeds.looks()
+
+
+def seed_values(spec: Spec, start: int, stop: int) -> list[int]:
+    """The seeds from the `start`-th up to (not including) the `stop`-th."""
+    return [spec.sweep.base_seed + i for i in range(start, stop)]
+
+
 def count_trials(spec: Spec) -> int:
-    return len(grid_points(spec)) * spec.sweep.seeds * spec.sweep.num_samples
+    """Trials of the first (or only) look: every grid point x its seeds x samples."""
+    return len(grid_points(spec)) * seed_looks(spec)[0] * spec.sweep.num_samples
+
+
+def check_selection_metric(metric: str, field: str) -> None:
+    """Choices (Tune's, the champion's) are made on validation data, never on test data."""
+    if metric.startswith("test"):
+        raise SpecError(
+            f"{field}: {metric!r} is measured on the test split, which is kept for the "
+            "numbers the verdict reports; choose by a validation metric (e.g. val_acc)"
+        )
 
 
 def load_spec(

@@ -32,7 +32,14 @@ from pydantic import BaseModel
 
 from skeptic.device import autocast, pick_device, seed_everything
 from skeptic.schema import ERROR_CHARS, Artifact, MlflowTag, Outcome, Param, Tag
-from skeptic.spec import Spec, SpecError, grid_points, resolve_params
+from skeptic.spec import (
+    Spec,
+    SpecError,
+    grid_points,
+    resolve_params,
+    seed_looks,
+    seed_values,
+)
 from skeptic.study import Stage, Study, SweepFailed
 
 
@@ -128,11 +135,15 @@ def check_stage_fields(study: Study, spec: Spec) -> None:
             )
 
 
-def plan_tasks(study: Study, spec: Spec, salt: str) -> list[StageTask]:
-    """Every distinct stage task of the sweep, earlier stages first."""
-    seeds = [spec.sweep.base_seed + i for i in range(spec.sweep.seeds)]
+def plan_tasks(
+    study: Study, spec: Spec, salt: str, points: list[dict] | None = None,
+    seeds: list[int] | None = None,
+) -> list[StageTask]:  # fmt: skip
+    """Every distinct stage task of the sweep's trials (of `points` x `seeds`: by default
+    every grid point and the first look's seeds), earlier stages first."""
+    seeds = seeds if seeds is not None else seed_values(spec, 0, seed_looks(spec)[0])
     found: dict[str, StageTask] = {}
-    for point in grid_points(spec):
+    for point in grid_points(spec) if points is None else points:
         params = resolve_params(spec, study.Params, {k: v for k, v in point.items() if k != "arm"})
         for seed in seeds:
             for task in tasks_for(study, params, seed, salt).values():
@@ -235,15 +246,18 @@ class StageResults:
 
 
 def run_stages(
-    study: Study, spec: Spec, setup: StageSetup, data_ref: Any, salt: str
-) -> StageResults:
-    """Run (or reuse) every stage task the sweep needs; fail the sweep if one fails."""
+    study: Study, spec: Spec, setup: StageSetup, data_ref: Any, salt: str,
+    points: list[dict] | None = None, seeds: list[int] | None = None,
+) -> StageResults:  # fmt: skip
+    """Run (or reuse) every stage task the trials of `points` x `seeds` need; fail the
+    sweep if one fails."""
     out = StageResults()
     if not study.stages:
         return out
     client = MlflowClient(setup.tracking_uri)
     for stage in study.stages:
-        tasks = [t for t in plan_tasks(study, spec, salt) if t.stage == stage.name]
+        planned = plan_tasks(study, spec, salt, points, seeds)
+        tasks = [t for t in planned if t.stage == stage.name]
         todo = []
         for task in tasks:
             cached = _cached(client, setup.experiment_id, task.key)

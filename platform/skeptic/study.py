@@ -13,6 +13,7 @@ import importlib.util
 import os
 import pkgutil
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -22,6 +23,7 @@ from pydantic import BaseModel
 from skeptic.contexts import StageContext, TrialContext
 from skeptic.schema import Outcome
 from skeptic.spec import Spec
+from skeptic.stats import Compare, Judged
 
 if TYPE_CHECKING:
     import torch
@@ -63,14 +65,27 @@ class Stage:
 
 
 @dataclass
+class Evidence:
+    """What a study's report shows besides the comparisons: its own summary lines, tables,
+    figures and notes (the paper's numbers beside ours, what this scale cannot decide)."""
+
+    summary: str = ""
+    table: list[dict[str, Any]] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)  # file stem -> matplotlib Figure
+    details: str = ""  # extra Markdown for the report
+
+
+@dataclass
 class Verdict:
-    """What a study concluded. `held` is True/False, or None when the run cannot decide."""
+    """What a study concluded. `held` is True/False, or None when the run cannot decide;
+    it comes from the study's rule (`Study.decide`) over its judged comparisons."""
 
     held: bool | None
     summary: str
     table: list[dict[str, Any]] = field(default_factory=list)
     figures: dict[str, Any] = field(default_factory=dict)  # file stem -> matplotlib Figure
     details: str = ""  # extra Markdown for the report
+    comparisons: list[Judged] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -88,6 +103,8 @@ class Study(ABC):
     smoke: ClassVar[dict] = {}  # overrides for --smoke: a tiny sweep of a minute or two
     metric: ClassVar[str] = "val_acc"  # what Tune optimises and the champion is chosen by
     mode: ClassVar[str] = "max"
+    # What the deciding comparisons judge: measured on the test split, which no choice saw.
+    report_metric: ClassVar[str] = "test_acc"
     stages: ClassVar[tuple[Stage, ...]] = ()  # upstream stages, in the order they run
     # The Tune schedulers (sweep.scheduler.kind) whose decisions the verdict can live with,
     # and why the others are not (shown in the error). ASHA stops trials by comparing their
@@ -100,18 +117,19 @@ class Study(ABC):
 
     def prepare_data(self, spec: Spec) -> dict[str, Any]:
         """Built once per sweep on the driver and shared with every trial via the object store.
-        By default: the spec's `data` section, split into x_train/y_train/x_val/y_val arrays
-        plus the class names."""
+        By default: the spec's `data` section, split into x_train/y_train (to train on),
+        x_val/y_val (for every choice) and x_test/y_test (for the numbers the verdict
+        reports) arrays plus the class names."""
         from skeptic.data import load_dataset
 
         d = spec.data
         ds = load_dataset(
             d.name, d.size, d.val_fraction, seed=d.seed, domain=d.domain, path=d.path,
-            image_size=d.image_size,
+            image_size=d.image_size, test_fraction=d.test_fraction,
         )  # fmt: skip
         return {
-            "x_train": ds.x_train, "y_train": ds.y_train,
-            "x_val": ds.x_val, "y_val": ds.y_val, "classes": list(ds.classes),
+            "x_train": ds.x_train, "y_train": ds.y_train, "x_val": ds.x_val, "y_val": ds.y_val,
+            "x_test": ds.x_test, "y_test": ds.y_test, "classes": list(ds.classes),
         }  # fmt: skip
 
     def check_data(self, spec: Spec, *, scan: bool = True) -> DataPlan | None:
@@ -123,8 +141,9 @@ class Study(ABC):
 
         d = spec.data
         return plan_dataset(
-            d.name, d.size, d.val_fraction, d.domain, d.path, d.image_size, scan=scan
-        )
+            d.name, d.size, d.val_fraction, d.domain, d.path, d.image_size, scan=scan,
+            test_fraction=d.test_fraction,
+        )  # fmt: skip
 
     def check_spec(self, spec: Spec, data: DataPlan | None) -> None:
         """Constraints between the spec's sections that no single field's validation sees
@@ -140,9 +159,20 @@ class Study(ABC):
         dicts of them (it is saved with torch.save and loaded with weights_only=True)."""
         raise NotImplementedError(f"study {self.name!r} declares no stage {stage!r}")
 
-    @abstractmethod
-    def verdict(self, results: list[TrialResult], spec: Spec) -> Verdict:
-        """Read the finished sweep and say whether the belief held, from the numbers."""
+    def comparisons(self, spec: Spec) -> list[Compare]:
+        """The deciding comparisons (arm a vs arm b, the question, the margin and why),
+        declared before any trial runs: a sequential seed rule adds seeds to the trials of
+        the ones still undecided. The platform estimates, tests and decides each."""
+        return []
+
+    def decide(self, judged: Mapping[str, Judged]) -> tuple[bool | None, str]:
+        """The belief's label from the comparisons' decisions (by name), with one sentence
+        saying why: the study's whole decision rule, in one place."""
+        return None, f"study {self.name} declares no deciding comparison"
+
+    def evidence(self, results: list[TrialResult], spec: Spec, judged: list[Judged]) -> Evidence:
+        """What the report shows besides the comparisons (tables, figures, notes)."""
+        return Evidence()
 
     def run_name(self, params: dict[str, Any], swept: list[str]) -> str:
         """A readable MLflow run name built from the swept parameters and the seed."""

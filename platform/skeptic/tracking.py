@@ -7,12 +7,14 @@ import importlib.metadata
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import yaml
 from mlflow.entities import Metric as MlflowMetric
+from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
@@ -29,6 +31,7 @@ from skeptic.schema import (
     Tag,
 )
 from skeptic.spec import Spec
+from skeptic.stats import Judged
 from skeptic.store import artifacts_root
 from skeptic.trial import RUN_ID_RESULT
 
@@ -152,6 +155,35 @@ def log_phases(client: MlflowClient, run_id: str, seconds: dict[str, float]) -> 
     client.log_batch(
         run_id, metrics=[MlflowMetric(Metric.phase(k), v, 0, 0) for k, v in seconds.items()]
     )
+
+
+def log_looks(
+    client: MlflowClient, run_id: str, looks: tuple[int, ...], levels: tuple[float, ...]
+) -> None:
+    """The seed rule's planned looks and the significance level of each."""
+    client.set_tag(run_id, Tag.LOOKS, ",".join(map(str, looks)))
+    client.set_tag(run_id, Tag.LEVELS, ",".join(f"{a:.4g}" for a in levels))
+
+
+def log_look(client: MlflowClient, run_id: str, look: int, seeds: int, judged: list[Judged]) -> None:
+    """One look: the seeds per trial, and every comparison judged at it (step = the look)."""
+    ts = int(time.time() * 1000)
+    metrics = [MlflowMetric(Metric.SEEDS, seeds, ts, look)]
+    for j in judged:
+        values = {"p": j.p, "p_adjusted": j.p_adjusted, "level": j.level}
+        if j.estimate is not None:
+            e = j.estimate
+            values.update(diff=e.diff, ci_low=e.ci_low, ci_high=e.ci_high, n_a=e.n_a, n_b=e.n_b)
+        name = j.compare.name
+        metrics += [MlflowMetric(Metric.comparison(name, k), v, ts, look) for k, v in values.items()]
+    client.log_batch(run_id, metrics=metrics, tags=[RunTag(Tag.ROUND, str(look))])
+
+
+def log_decisions(client: MlflowClient, run_id: str, judged: list[Judged]) -> None:
+    """What the data decide, per deciding comparison, as tags of the parent run."""
+    tags = [RunTag(Tag.decision(j.compare.name), str(j.decision)) for j in judged]
+    if tags:
+        client.log_batch(run_id, tags=tags)
 
 
 def set_active_uri(uri: str) -> None:

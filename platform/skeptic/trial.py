@@ -45,6 +45,7 @@ class TrialSetup:
     stage_salt: str = ""  # data hash + study code hash: part of every stage task's key
     stages: StageResults = field(default_factory=StageResults)
     started_at: float = 0.0  # time.time() when Tune started: each trial logs its delay
+    round: int = 0  # the look of a sequential seed rule this trial runs in
 
 
 @dataclass
@@ -207,5 +208,10 @@ def _log_start(
         run_id,
         metrics=[MlflowMetric(Metric.STARTED_AFTER, started - setup.started_at, int(started * 1000), 0)],
         params=[MlflowParam(k, str(v)) for k, v in logged.items()],
-        tags=[RunTag(Tag.DEVICE, str(device)), RunTag(Tag.HOST, os.uname().nodename), *lineage],
+        tags=[
+            RunTag(Tag.DEVICE, str(device)),
+            RunTag(Tag.HOST, os.uname().nodename),
+            RunTag(Tag.ROUND, str(setup.round)),
+            *lineage,
+        ],
     )

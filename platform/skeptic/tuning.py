@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +11,9 @@ from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
-from skeptic.planning import param_space, sampled_dims, tune_dim
+from skeptic.planning import param_space, sampled_dims, selection_metric, tune_dim
 from skeptic.progress import Progress
-from skeptic.spec import Spec, count_trials
+from skeptic.spec import Spec
 from skeptic.study import Study
 from skeptic.tracking import FinalizeChildRuns
 from skeptic.trial import TrialSetup, run_trial
@@ -41,11 +42,26 @@ def _quiet_tune() -> None:
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
 
+@dataclass(frozen=True)
+class Round:
+    """One round of trials (one look of a sequential seed rule): Tune's experiment folder,
+    the grid points and seeds it runs, and its label for the progress line."""
+
+    folder: Path
+    points: list[dict]
+    seeds: list[int]
+    label: str = ""
+
+    @property
+    def trials(self) -> int:
+        return len(self.points) * len(self.seeds)
+
+
 def make_tuner(
-    study: Study, spec: Spec, setup: TrialSetup, data_ref: Any, folder: Path, verbose: bool,
+    study: Study, spec: Spec, setup: TrialSetup, data_ref: Any, run: Round, verbose: bool,
     restore: bool,
 ) -> tune.Tuner:  # fmt: skip
-    """A Tuner for the sweep in `folder`, or the one saved there (`restore`: resume)."""
+    """A Tuner for a round of the sweep, or the one saved in its folder (`restore`)."""
     trainable = tune.with_parameters(run_trial, data=data_ref, setup=setup)
     trainable = tune.with_resources(
         trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
@@ -54,14 +70,15 @@ def make_tuner(
     callbacks = [JsonLoggerCallback(), CSVLoggerCallback(), FinalizeChildRuns(setup.tracking_uri)]
     if not verbose:
         _quiet_tune()
-        callbacks.append(Progress(count_trials(spec), study.metric, study.mode))
+        total = run.trials * spec.sweep.num_samples
+        callbacks.append(Progress(total, selection_metric(study, spec), study.mode, run.label))
     if restore:
-        return tune.Tuner.restore(str(folder), trainable, resume_errored=True)
+        return tune.Tuner.restore(str(run.folder), trainable, resume_errored=True)
     return tune.Tuner(
         trainable,
-        param_space=param_space(spec),
+        param_space=param_space(spec, run.points, run.seeds),
         tune_config=tune.TuneConfig(
-            metric=study.metric,
+            metric=selection_metric(study, spec),
             mode=study.mode,
             num_samples=spec.sweep.num_samples,
             scheduler=scheduler(spec),
@@ -69,8 +86,8 @@ def make_tuner(
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=folder.name,
-            storage_path=str(folder.parent),
+            name=run.folder.name,
+            storage_path=str(run.folder.parent),
             callbacks=callbacks,
             verbose=2 if verbose else 0,
             failure_config=tune.FailureConfig(max_failures=spec.sweep.max_failures),

@@ -59,14 +59,26 @@ class DataPlan:
     class_counts: list[int]  # samples per class that are kept (after the data.size cap)
     input_shape: tuple[int, int, int]
     val_fraction: float
+    test_fraction: float = 0.0
 
     @property
     def size(self) -> int:
         return sum(self.class_counts)
 
     @property
+    def test_counts(self) -> list[int]:
+        if not self.test_fraction:
+            return [0] * len(self.class_counts)
+        return [val_count(n, self.test_fraction) for n in self.class_counts]
+
+    @property
     def val_counts(self) -> list[int]:
-        return [val_count(n, self.val_fraction) for n in self.class_counts]
+        share = self.val_fraction / (1 - self.test_fraction)
+        return [val_count(n - t, share) for n, t in zip(self.class_counts, self.test_counts)]
+
+    @property
+    def n_test(self) -> int:
+        return sum(self.test_counts)
 
     @property
     def n_val(self) -> int:
@@ -74,12 +86,14 @@ class DataPlan:
 
     @property
     def n_train(self) -> int:
-        return self.size - self.n_val
+        return self.size - self.n_val - self.n_test
 
 
 @dataclass
 class Dataset:
-    """Train/val arrays (N x C x H x W float32 in [0, 1], int64 labels) and class names."""
+    """Train/val/test arrays (N x C x H x W float32 in [0, 1], int64 labels) and class
+    names. Validation is for every choice; test for the numbers a verdict reports (empty
+    when the split was made without one)."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -87,6 +101,8 @@ class Dataset:
     y_val: np.ndarray
     classes: list[str]
     name: str
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -106,8 +122,11 @@ def load_dataset(
     domain: str | None = None,
     path: str | None = None,
     image_size: int = 32,
+    test_fraction: float = 0.0,
 ) -> Dataset:
-    """Load (or generate) a dataset and split it, stratified by class, reproducibly by `seed`.
+    """Load (or generate) a dataset and split it, stratified by class, reproducibly by `seed`:
+    about `test_fraction` of every class to test, `val_fraction` to validation, the rest to
+    training (the fractions are of the whole).
 
     shapes: generates `size` images of image_size x image_size in `domain` (default "plain").
     digits: sklearn's 8x8 digits, at most `size` of them (image_size and domain do not apply).
@@ -133,8 +152,21 @@ def load_dataset(
         classes = list(DIGIT_NAMES)
     else:
         x, y, classes = _load_folder(path, domain, size, image_size, rng)
-    train, val = stratified_split(y, val_fraction, rng)
-    return Dataset(x[train], y[train], x[val], y[val], classes, name)
+    rest, test = _hold_out_test(y, test_fraction, seed)
+    train, val = stratified_split(y[rest], val_fraction / (1 - test_fraction), rng)
+    train, val = rest[train], rest[val]
+    return Dataset(x[train], y[train], x[val], y[val], classes, name, x[test], y[test])
+
+
+def _hold_out_test(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the rest, test) indices. Its own random stream: the train/val split of the rest is
+    drawn exactly as it was before test sets existed when test_fraction is 0."""
+    if not test_fraction:
+        return np.arange(len(y)), np.zeros(0, dtype=np.int64)
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    rest, test = stratified_split(y, test_fraction, np.random.default_rng([seed, 3]))
+    return np.sort(rest), np.sort(test)
 
 
 def _cap(
@@ -176,6 +208,7 @@ def plan_dataset(
     image_size: int = 32,
     *,
     scan: bool = True,
+    test_fraction: float = 0.0,
 ) -> DataPlan | None:
     """Check the arguments of `load_dataset` the way it would use them, and say what it
     would load; raises DataError naming the field and what is allowed.
@@ -188,6 +221,12 @@ def plan_dataset(
         raise DataError("name", f"unknown dataset {name!r}; allowed: {', '.join(DATASET_NAMES)}")
     if not 0 < val_fraction < 1:
         raise DataError("val_fraction", f"must be in (0, 1), got {val_fraction}")
+    if not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise DataError(
+            "test_fraction",
+            f"{test_fraction}: must be in [0, 1) and leave data for training "
+            f"(val_fraction + test_fraction = {val_fraction + test_fraction:g} < 1)",
+        )
     if name != "imagefolder" and path is not None:
         raise DataError("path", f"applies to data.name=imagefolder only, not {name!r}; unset it")
     found = _SOURCES[name](size, domain, path, image_size, scan)
@@ -197,13 +236,14 @@ def plan_dataset(
     if sum(counts) > size:  # capped to `size`, keeping each class's share (stratified_subset)
         counts = proportional_counts(size, np.asarray(counts)).tolist()
     _check_bytes(sum(counts), shape)
-    plan = DataPlan(name, classes, counts, shape, val_fraction)
-    if plan.n_train == 0 or plan.n_val == 0:
+    plan = DataPlan(name, classes, counts, shape, val_fraction, test_fraction)
+    if plan.n_train == 0 or plan.n_val == 0 or (test_fraction and plan.n_test == 0):
+        parts = 3 if test_fraction else 2
         raise DataError(
             "size",
-            f"{plan.size} samples in {len(classes)} classes leave {plan.n_train} for training "
-            f"and {plan.n_val} for validation at val_fraction {val_fraction}; give at least "
-            f"2 per class (data.size >= {2 * len(classes)})",
+            f"{plan.size} samples in {len(classes)} classes leave {plan.n_train} for training, "
+            f"{plan.n_val} for validation and {plan.n_test} for test; give at least {parts} "
+            f"per class (data.size >= {parts * len(classes)})",
         )
     return plan
 
