@@ -58,6 +58,7 @@ def run_rounds(
     levels = look_levels(looks)
     tracking.log_looks(client, record.parent_run_id, looks, levels)
     compares = sweep.study.comparisons(spec)
+    plannable = {c.name for c in compares if _both_arms_planned(sweep.study, spec, c)}
     for look in range(len(looks)):
         open_ = [c for c in compares if c.name not in sweep.decided]
         run = _round(sweep, look, looks, open_)
@@ -70,9 +71,11 @@ def run_rounds(
         final = look == len(looks) - 1
         results = [t for t, _ in sweep.collected]
         judged = judge(open_, results, sweep.study.report_metric, levels[look], final)
-        sweep.decided.update(
-            {j.compare.name: j for j in judged if final or j.decision != Decision.UNDECIDED}
-        )
+        sweep.decided.update({
+            j.compare.name: j for j in judged
+            # more seeds cannot decide a comparison with an arm the sweep does not run
+            if final or j.decision != Decision.UNDECIDED or j.compare.name not in plannable
+        })  # fmt: skip
         tracking.log_look(client, record.parent_run_id, look, looks[look], judged)
         record.round = look + 1
         record.save()
@@ -91,15 +94,23 @@ def _round(sweep: Sweep, look: int, looks: tuple[int, ...], open_: list[Compare]
     return Round(sweep.record.round_folder(look), points, seeds, label)
 
 
+def _both_arms_planned(study: Study, spec: Spec, compare: Compare) -> bool:
+    """Whether the sweep's grid has trials in both arms of `compare`."""
+    sides = {_point_side(study, spec, point, compare) for point in grid_points(spec)}
+    return {"a", "b"} <= sides
+
+
+def _point_side(study: Study, spec: Spec, point: dict, compare: Compare) -> str | None:
+    params = resolve_params(spec, study.Params, {k: v for k, v in point.items() if k != "arm"})
+    return compare.side({**params.model_dump(), **point})
+
+
 def points_of(study: Study, spec: Spec, compares: list[Compare]) -> list[dict]:
     """The grid points whose trials are in arm a or b of any of `compares`."""
-    chosen = []
-    for point in grid_points(spec):
-        params = resolve_params(spec, study.Params, {k: v for k, v in point.items() if k != "arm"})
-        values = {**params.model_dump(), **point}
-        if any(c.side(values) for c in compares):
-            chosen.append(point)
-    return chosen
+    return [
+        point for point in grid_points(spec)
+        if any(_point_side(study, spec, point, c) for c in compares)
+    ]  # fmt: skip
 
 
 def _results(

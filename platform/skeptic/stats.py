@@ -230,7 +230,7 @@ def judge(
     out = []
     for (c, est, p, _), p_adj in zip(rows, adjusted):
         decision = _decide(c, est, p_adj, level)
-        hint = _hint(c, est, level) if decision == Decision.UNDECIDED else ""
+        hint = _hint(c, est, level) if final and decision == Decision.UNDECIDED else ""
         out.append(Judged(c, est, p, p_adj, level, decision, hint))
     return out
 
@@ -253,7 +253,7 @@ def _hint(c: Compare, est: Estimate | None, level: float) -> str:
     """Roughly how many seeds per arm the observed effect and spread would need (80% power
     at this level), or why more seeds would not help."""
     if est is None:
-        return "needs at least 2 seeds in each arm"
+        return "needs at least 2 seeds in each arm (an arm may have no trials in this sweep)"
     if not est.sd > 0:
         return "no spread between seeds: the data cannot be tested"
     toward = est.diff if c.higher_is_better else -est.diff  # > 0: b looks better
@@ -285,7 +285,8 @@ def seeds_needed(effect_size: float, level: float, paired: bool, alternative: st
         )
     except (ValueError, RuntimeError):  # the solver gives up on tiny effects
         return 10_000
-    return math.ceil(float(np.atleast_1d(n)[0]))
+    n = float(np.atleast_1d(n)[0])
+    return 10_000 if math.isnan(n) else math.ceil(n)
 
 
 # ---- sequential seeds ---------------------------------------------------------------------------
