@@ -34,7 +34,7 @@ from skeptic.cli import main
 from skeptic.device import pick_device, seed_everything
 from skeptic.planning import check_before_start, sampled_dims, swept_names
 from skeptic.schema import ENDED, SWEEP, MlflowTag, Tag
-from skeptic.spec import Spec, count_trials, grid_points, load_spec
+from skeptic.spec import Spec, count_trials, grid_points, load_spec, seed_looks, seed_values
 from skeptic.stages import run_task, tasks_for
 from skeptic.study import Study, Verdict, all_studies
 from skeptic.trial import TrialSetup, trial_params
@@ -200,7 +200,7 @@ def assert_run_names_are_unique(study: Study) -> None:
     for smoke in (False, True):
         spec = spec_of(study, smoke)
         setup = setup_of(spec)
-        seeds = range(spec.sweep.base_seed, spec.sweep.base_seed + spec.sweep.seeds)
+        seeds = seed_values(spec, 0, seed_looks(spec)[-1])  # every seed the rule may run
         seen: dict[str, tuple] = {}
         for point in grid_points(spec):
             for seed in seeds:
