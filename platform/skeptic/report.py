@@ -103,8 +103,9 @@ def write_report(
         f"## Deciding comparisons\n\nNumbers on the **{split}** split; choices (learning rates, "
         f"epochs, the champion) were made on validation data.\n\n{compared}\n{why}\n"
         + "".join(f"![{s}]({s})\n\n" for s in images)
-        + f"## Numbers\n\n{markdown_table(verdict.table)}\n{verdict.details}\n\n"
-        f"## Run\n\n{facts_md}\n\nReproduce with:\n\n```\n{command}\n```\n"
+        + (f"## Numbers\n\n{markdown_table(verdict.table)}\n" if verdict.table else "")
+        + (f"{verdict.details}\n\n" if verdict.details else "")
+        + f"## Run\n\n{facts_md}\n\nReproduce with:\n\n```\n{command}\n```\n"
     )
     (folder / "report.md").write_text(md)
     page = (
