@@ -1,5 +1,6 @@
 """Study few_shot: the k-shot sampler, the target scenarios, the SFUDA losses, which parts
-each fine-tuning variant tunes, the stages by hand, the ImageFolder domain path, and
+each fine-tuning variant tunes, the stages by hand, the ImageFolder domain path, the decision
+rule on hand-made results (through skeptic.stats.judge, as a sweep judges), and
 `skeptic run few_shot --smoke` end to end on a real local Ray into a temporary MLflow store."""
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from jobs.few_shot.sfuda import (
     tent_loss,
 )
 from jobs.few_shot.study import FewShot, Params, SmallCNN
-from jobs.few_shot.verdict import judge
+from skeptic import stats
+from skeptic.schema import Metric, Tag
 from skeptic.spec import load_spec
 from skeptic.stages import RunningStage
+from skeptic.stats import Decision
 from skeptic.study import TrialResult
 
 CPU = torch.device("cpu")
@@ -56,6 +59,15 @@ def test_sampler_is_deterministic_by_seed_and_nested_across_k():
     ten, v10 = splits.sample_shots(labels, 10, seed=7)
     assert set(one) <= set(a) <= set(ten)  # the LR chosen on 1 shot validates on the same images
     assert v1.tolist() == va.tolist() == v10.tolist()
+
+
+def test_sfuda_trials_are_measured_on_the_few_shot_validation_images():
+    labels = _labels([15, 5, 9])
+    for k in (1, 3):
+        _, val = splits.sample_shots(labels, k, seed=4)
+        assert splits.validation_images(labels, seed=4).tolist() == val.tolist()
+    lone = _labels([15, 1])  # one image of a class is enough for validation alone
+    assert np.bincount(lone[splits.validation_images(lone, seed=4)]).tolist() == [1, 1]
 
 
 def test_sampler_names_the_class_that_is_too_small():
@@ -268,78 +280,156 @@ def test_default_sweep_runs_each_sfuda_method_once_per_scenario_and_seed():
 def test_smoke_sweep_end_to_end(smoke_sweep):
     import mlflow
 
-    uri, _, _ = smoke_sweep("few_shot")  # shared with tests/test_every_study.py
+    uri, folder, _ = smoke_sweep("few_shot")  # shared with tests/test_every_study.py
     mlflow.set_tracking_uri(uri)  # models:/ below is read from this store
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("few_shot")
     runs = client.search_runs([exp.experiment_id], max_results=100)
-    parent = next(r for r in runs if r.data.tags.get("skeptic.kind") == "sweep")
-    stages = [r for r in runs if "skeptic.stage" in r.data.tags]
-    trials = [r for r in runs if "skeptic.trial_id" in r.data.tags]
-    keys = sorted(
-        (
-            t.data.params["method"],
-            t.data.params["k"],
-            t.data.params["scenario"],
-            t.data.params["seed"],
-        )
-        for t in trials
-    )
-    assert keys == [("ft", "1", "standard", "0"), ("tent", "0", "standard", "0")]
-    assert all(t.data.tags["skeptic.outcome"] == "completed" for t in trials)
-    assert sorted(s.data.tags["skeptic.stage"] for s in stages) == ["lr", "lr", "source"]
-    assert parent.data.tags["skeptic.verdict"] == "undecided"  # one seed: cannot decide
-    for t in trials:
-        assert "test_acc" in t.data.metrics and "oracle_test_acc" in t.data.metrics
+    parent = next(r for r in runs if r.data.tags.get(Tag.KIND) == "sweep")
+    stages = [r for r in runs if Tag.STAGE in r.data.tags]
+    trials = [r for r in runs if Tag.TRIAL_ID in r.data.tags]
+    fields = ("method", "k", "scenario", "seed")
+    keys = sorted(tuple(t.data.params[f] for f in fields) for t in trials)
+    assert keys == [
+        ("ft", "3", "standard", "0"), ("ft", "3", "standard", "1"),
+        ("shot", "0", "standard", "0"), ("shot", "0", "standard", "1"),
+    ]  # fmt: skip
+    assert all(t.data.tags[Tag.OUTCOME] == "completed" for t in trials)
+    assert sorted(s.data.tags[Tag.STAGE] for s in stages) == ["lr"] * 4 + ["source"] * 2
+    for t in trials:  # the test metric and the selection metric, in every trial's final report
+        for metric in ("test_acc", "oracle_test_acc", "val_loss", "val_acc"):
+            assert metric in t.data.metrics, (metric, t.data.params["method"])
     version = client.get_model_version_by_alias("few_shot", "champion")
+    assert version.tags[Tag.METRIC] == "val_loss"
     champion = next(t for t in trials if t.info.run_id == version.run_id)
     assert champion.data.params["method"] == "ft"  # the adapted few-shot model
+    ft = [t for t in trials if t.data.params["method"] == "ft"]
+    assert champion.data.metrics["val_loss"] == min(t.data.metrics["val_loss"] for t in ft)
     source_run = champion.data.tags["skeptic.upstream.source"]
-    assert client.get_run(source_run).data.tags["skeptic.stage"] == "source"
+    assert client.get_run(source_run).data.tags[Tag.STAGE] == "source"
     model = mlflow.pyfunc.load_model(f"models:/few_shot/{version.version}")
     meta = model.metadata.metadata
-    assert (meta["k"], meta["scenario"], meta["method"]) == (1, "standard", "ft")
-    assert meta["source"]["seed"] == 0 and "source_epochs" in meta["source"]
+    assert (meta["k"], meta["scenario"], meta["method"]) == (3, "standard", "ft")
+    assert meta["source"]["seed"] in (0, 1) and "source_epochs" in meta["source"]
     probs = model.predict(np.random.rand(3, 3, 16, 16).astype(np.float32))
     assert probs.shape == (3, 10) and np.allclose(probs.sum(1), 1, atol=1e-4)
+    _assert_comparisons_reported(client, parent, folder / "runs" / "few_shot")
 
 
-# ---- the decision rule ------------------------------------------------------------------------
+def _assert_comparisons_reported(client: MlflowClient, parent, runs) -> None:
+    """Every declared comparison is on the parent run (its estimate and its decision) and
+    in the report (the table and the forest plot); the label is the rule's over them."""
+    study = FewShot()
+    spec = load_spec(study.name, study.defaults, Params, smoke=study.smoke)
+    names = [c.name for c in study.comparisons(spec)]
+    assert names == ["standard", "standard_ni"]
+    decisions = {}
+    for name in names:
+        assert Metric.comparison(name, "diff") in parent.data.metrics, name
+        decisions[name] = parent.data.tags[Tag.decision(name)]
+    assert set(decisions.values()) <= {str(d) for d in Decision}
+    assert parent.data.tags[Tag.VERDICT] in ("held", "overturned", "undecided")
+    report = next(runs.glob("*/report"))
+    text = (report / "report.md").read_text()
+    assert "## Deciding comparisons" in text and "(comparisons.png)" in text
+    assert (report / "comparisons.png").is_file() and (report / "accuracy_vs_k.png").is_file()
+    assert "test_acc %" in text and "val_loss (selected)" in text  # each number names its split
+
+
+# ---- the decision rule, on hand-made results ---------------------------------------------------
+
+STUDY = FewShot()
+SPEC = _spec()  # the default sweep: three scenarios, FT at k = 1, 3, 5, 10
 
 
 def _result(method: str, k: int, scenario: str, seed: int, acc: float) -> TrialResult:
     params = {"method": method, "k": k, "scenario": scenario, "seed": seed}
-    final = {"test_acc": acc, "oracle_test_acc": acc, "source_only_acc": 0.2, "lr": 1e-3}
+    final = {
+        "test_acc": acc, "val_loss": 1.0 - acc, "oracle_test_acc": acc + 0.01,
+        "source_only_acc": 0.2, "lr": 1e-3 if method != "shot" else float("nan"),
+        "selected_step": 50.0,
+    }  # fmt: skip
     return TrialResult(f"{method}{k}{scenario}{seed}", params, [final], "completed")
 
 
-def _sweep(ft: dict[str, dict[int, float]], sfuda: dict[str, float]) -> list[TrialResult]:
-    """Accuracies per scenario (k -> mean for FT, mean for SFUDA), +-1 pp over 3 seeds."""
+def _sweep(
+    ft: dict[str, float], shot: dict[str, float], seeds: int = 6, noise: float = 0.003
+) -> list[TrialResult]:
+    """Test accuracies per scenario of FT at k=3 (and, 5 pp lower, LP at k=3) and of SHOT:
+    each seed shifts both arms alike (its source model), plus independent noise."""
+    rng = np.random.default_rng(0)
     out = []
-    for seed, jitter in enumerate((-0.01, 0.0, 0.01)):
-        for scenario, per_k in ft.items():
-            out += [_result("ft", k, scenario, seed, a + jitter) for k, a in per_k.items()]
-        for scenario, acc in sfuda.items():
-            out.append(_result("shot", 0, scenario, seed, acc + jitter))
+    for seed in range(seeds):
+        level = 0.02 * rng.normal()  # shared by a seed's arms: what pairing removes
+        for scenario, acc in ft.items():
+            out.append(_result("ft", 3, scenario, seed, acc + level + noise * rng.normal()))
+            out.append(_result("lp", 3, scenario, seed, acc - 0.05 + level + noise * rng.normal()))
+        for scenario, acc in shot.items():
+            out.append(_result("shot", 0, scenario, seed, acc + level + noise * rng.normal()))
     return out
 
 
-def test_verdict_overturned_when_ft_matches_then_beats_under_shift():
-    results = _sweep(
-        {"standard": {1: 0.40, 3: 0.60}, "label_shift": {1: 0.50, 3: 0.70}},
-        {"standard": 0.61, "label_shift": 0.30},
-    )
-    verdict = judge(results)
-    assert verdict.held is False
-    assert "from k=3" in verdict.summary and "label_shift (from k=1)" in verdict.summary
-    assert set(verdict.figures) == {"accuracy_vs_k"}
-    assert {row["scenario"] for row in verdict.table} == {"standard", "label_shift"}
+def _decide(results: list[TrialResult], spec=SPEC) -> tuple[bool | None, str, dict[str, str]]:
+    judged = stats.judge(STUDY.comparisons(spec), results, STUDY.report_metric)
+    held, why = STUDY.decide({j.compare.name: j for j in judged})
+    return held, why, {j.compare.name: j.decision for j in judged}
 
 
-def test_verdict_held_when_ft_never_matches_and_undecided_when_mixed_or_one_seed():
-    never = _sweep({"standard": {1: 0.3, 3: 0.4}}, {"standard": 0.6})
-    assert judge(never).held is True
-    mixed = _sweep({"standard": {1: 0.3}, "partial": {1: 0.9}}, {"standard": 0.6, "partial": 0.2})
-    assert judge(mixed).held is None and "mixed" in judge(mixed).summary
-    one_seed = [r for r in never if r.params["seed"] == 0]
-    assert judge(one_seed).held is None
+SCENARIOS3 = ("standard", "label_shift", "partial")
+
+
+def test_the_deciding_comparisons_are_ft_at_3_shots_vs_shot_paired_by_seed():
+    compares = {c.name: c for c in STUDY.comparisons(SPEC)}
+    assert list(compares) == ["standard", "standard_ni", "label_shift", "partial"]
+    for c in compares.values():
+        assert c.a == {"method": "shot", "scenario": c.a["scenario"]}
+        assert c.b == {"method": "ft", "k": 3, "scenario": c.a["scenario"]}
+        assert c.paired_by == "seed" and c.why
+    assert compares["standard_ni"].question == "non_inferiority"
+    assert compares["standard_ni"].margin == pytest.approx(0.05)
+    one_k = _spec("sweep.space.k.grid=[1, 10]", "sweep.space.scenario.grid=[partial]")
+    assert [(c.name, c.b["k"]) for c in STUDY.comparisons(one_k)] == [("partial", 1)]
+
+
+def test_a_clear_effect_overturns_and_its_reverse_holds():
+    ahead, behind = dict.fromkeys(SCENARIOS3, 0.7), dict.fromkeys(SCENARIOS3, 0.5)
+    held, why, decided = _decide(_sweep(ahead, behind))
+    assert held is False and "Overturned" in why
+    assert decided == {"standard": "b better", "standard_ni": "non-inferior",
+                       "label_shift": "b better", "partial": "b better"}  # fmt: skip
+    held, why, decided = _decide(_sweep(behind, ahead))
+    assert held is True and "Held" in why
+    assert decided["standard"] == decided["partial"] == "a better"
+
+
+def test_equal_within_the_margin_is_a_match_not_a_win():
+    equal = {"standard": 0.6, "label_shift": 0.7, "partial": 0.7}
+    shot = {"standard": 0.6, "label_shift": 0.4, "partial": 0.4}
+    held, why, decided = _decide(_sweep(equal, shot))
+    assert decided["standard"] == "undecided" and decided["standard_ni"] == "non-inferior"
+    assert held is False and "no worse than SHOT by more than 5 pp" in why
+    # matching in the standard scenario but not beating SHOT under a shift: mixed
+    held, why, _ = _decide(_sweep(dict.fromkeys(SCENARIOS3, 0.6), dict.fromkeys(SCENARIOS3, 0.6)))
+    assert held is None and "matches SHOT in standard" in why
+
+
+def test_a_noisy_null_and_too_few_seeds_are_undecided():
+    noisy = _sweep(dict.fromkeys(SCENARIOS3, 0.6), dict.fromkeys(SCENARIOS3, 0.6), noise=0.15)
+    held, why, decided = _decide(noisy)
+    assert held is None and set(decided.values()) == {"undecided"}
+    clear = _sweep(dict.fromkeys(SCENARIOS3, 0.7), dict.fromkeys(SCENARIOS3, 0.5))
+    held, _, decided = _decide([r for r in clear if r.params["seed"] == 0])  # one seed
+    assert held is None and set(decided.values()) == {"undecided"}
+    no_standard = _spec("sweep.space.scenario.grid=[partial]")
+    held, why, _ = _decide(clear, no_standard)
+    assert held is None and "no standard scenario" in why
+
+
+def test_evidence_labels_its_splits_and_shows_what_validation_would_pick():
+    results = _sweep(dict.fromkeys(SCENARIOS3, 0.7), dict.fromkeys(SCENARIOS3, 0.5))
+    ev = STUDY.evidence(results, SPEC, [])
+    assert {row["scenario"] for row in ev.table} == set(SCENARIOS3)
+    assert {"test_acc %", "val_loss (selected)", "oracle test_acc % (not used)"} <= set(ev.table[0])
+    assert set(ev.figures) == {"accuracy_vs_k"}
+    assert "- standard, k=3: ft (69.2% test_acc)" in ev.details  # val_loss below LP's
+    assert "standard: FT k=3 69.2% vs SHOT 49.3% test_acc" in ev.summary

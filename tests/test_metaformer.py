@@ -1,11 +1,12 @@
 """Study `metaformer`: every mixer and ablation builds through timm's MetaFormer and trains at
-the study's input size, pooling mixes in every stage, params/MACs are measured, the verdict
-rule decides from numbers; then `skeptic run metaformer --smoke` end to end on a real local
-Ray into a temporary MLflow store."""
+the study's input size, pooling mixes in every stage, params/MACs are measured, the decision
+rule decides from hand-made results (through skeptic.stats.judge, as a sweep judges); then
+`skeptic run metaformer --smoke` end to end on a real local Ray into a temporary MLflow store."""
 
 from __future__ import annotations
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -15,8 +16,10 @@ from torch import nn
 
 from jobs.metaformer.mixers import ABLATIONS, MIXERS, RandomMixing, Zero, build_metaformer
 from jobs.metaformer.study import MetaFormerStudy, Params, count_macs, count_params
-from jobs.metaformer.verdict import judge
+from skeptic import stats
+from skeptic.schema import Metric, Tag
 from skeptic.spec import load_spec
+from skeptic.stats import Decision
 from skeptic.study import TrialResult
 
 P = Params()
@@ -105,54 +108,100 @@ def test_params_and_macs_are_measured():
     assert count_macs(attn, IMAGE) - count_macs(pool, IMAGE) == extra
 
 
-def _result(arm: str, seed: int, acc: float, macs: int, lr: float = 0.002) -> TrialResult:
-    mixer, _, ablation = arm.partition("-")
+# ---- the decision rule, on hand-made results ---------------------------------------------------
+
+STUDY = MetaFormerStudy()
+DECIDING = {"pool3": "pool3", "attention": "attention", "identity": "identity-lr2x"}
+
+
+def _result(arm: str, seed: int, test: float, val: float | None = None) -> TrialResult:
+    mixer, _, rest = arm.partition("-")
+    ablation = rest if rest in ABLATIONS else "none"
     row = {
-        "val_acc": acc,
-        "params": 1000,
-        "macs": macs,
-        "train_images_per_s": 100.0,
-        "eval_images_per_s": 300.0,
-    }
-    params = {"arm": arm, "mixer": mixer, "ablation": ablation or "none", "lr": lr, "seed": seed}
+        "test_acc": test, "val_acc": test if val is None else val, "train_acc": 0.9,
+        "params": 1000, "macs": 10**6, "train_images_per_s": 100.0, "eval_images_per_s": 300.0,
+    }  # fmt: skip
+    lr = 0.002 if arm.endswith("lr2x") else 0.001
+    params = {"arm": arm, "mixer": mixer, "ablation": ablation, "lr": lr, "seed": seed}
     return TrialResult(f"{arm}{seed}", params, [row], "completed")
 
 
-def _sweep(accs: dict[str, list[float]]) -> list[TrialResult]:
-    macs = {"attention": 2_000_000}
-    return [
-        _result(a, s, v, macs.get(a, 1_000_000)) for a, vs in accs.items() for s, v in enumerate(vs)
-    ]
+def _sweep(means: dict[str, float], seeds: int = 6, noise: float = 0.003) -> list[TrialResult]:
+    """Test accuracy per mixer (pool3, attention, identity: their deciding arms): each seed
+    shifts every arm alike (its batch order), plus independent noise."""
+    rng = np.random.default_rng(0)
+    out = []
+    for seed in range(seeds):
+        level = 0.02 * rng.normal()
+        for mixer, acc in means.items():
+            out.append(_result(DECIDING[mixer], seed, acc + level + noise * rng.normal()))
+    return out
 
 
-def test_verdict_rule_decides_from_the_numbers():
-    close = {"pool3": [0.80, 0.82, 0.81], "attention": [0.81, 0.80, 0.82]}
-    controls = {"identity": [0.60, 0.61, 0.62], "random": [0.65, 0.64, 0.66]}
-    assert judge(_sweep({**close, **controls}), "val_acc").held is False
-    ahead = {"pool3": [0.70, 0.71, 0.70], "attention": [0.85, 0.86, 0.85]}
-    assert judge(_sweep({**ahead, **controls}), "val_acc").held is True
-    flat = {k: [0.80, 0.82, 0.81] for k in ("identity", "random")}
-    assert judge(_sweep({**close, **flat}), "val_acc").held is None
-    noisy = {"pool3": [0.70, 0.90, 0.80], "attention": [0.65, 0.95, 0.85]}
-    near = {"identity": [0.72, 0.73, 0.72], "random": [0.71, 0.72, 0.73]}
-    assert judge(_sweep({**noisy, **near}), "val_acc").held is None  # spread > pooling's lead
-    one_seed = {k: v[:1] for k, v in {**close, **controls}.items()}
-    assert judge(_sweep(one_seed), "val_acc").held is None
+def _decide(results: list[TrialResult]) -> tuple[bool | None, str, dict[str, str]]:
+    judged = stats.judge(STUDY.comparisons(_spec()), results, STUDY.report_metric)
+    held, why = STUDY.decide({j.compare.name: j for j in judged})
+    return held, why, {j.compare.name: j.decision for j in judged}
 
 
-def test_verdict_reports_ablation_collapse():
-    accs = {"pool3": [0.80, 0.82, 0.81], "attention": [0.81, 0.80, 0.82],
-            "pool3-no_residual": [0.10, 0.11, 0.10], "pool3-layernorm": [0.80, 0.81, 0.82],
-            "pool3-batchnorm": [0.95, 0.96, 0.95]}  # fmt: skip
-    verdict = judge(_sweep(accs), "val_acc")
-    assert (
-        "ablation no_residual" in verdict.summary
-        and "collapses, as in the paper" in verdict.summary
-    )
-    assert "ablation layernorm" in verdict.summary and "no significant change" in verdict.summary
-    assert "batchnorm: 95.3% vs pool3 81.0%" in verdict.summary and "improves" in verdict.summary
-    assert {r["arm"] for r in verdict.table} == set(accs)
-    assert "acc_vs_macs" in verdict.figures
+def test_the_deciding_comparisons_are_declared_with_a_margin_and_paired_by_seed():
+    compares = {c.name: c for c in STUDY.comparisons(_spec())}
+    assert list(compares) == ["pool3_noninferior", "pool3_vs_attention", "pool3_vs_identity"]
+    assert compares["pool3_noninferior"].question == "non_inferiority"
+    assert compares["pool3_noninferior"].margin == pytest.approx(0.05)
+    assert compares["pool3_vs_identity"].a == {"arm": "identity-lr2x"}
+    assert all(c.paired_by == "seed" and c.why for c in compares.values())
+    arms = _spec().sweep.arms
+    for c in compares.values():  # each selector names exactly one arm, and that arm its lr
+        for side in (c.a, c.b):
+            assert set(side) == {"arm"} and "lr" in arms[side["arm"]]
+
+
+def test_pooling_level_with_attention_and_ahead_of_no_mixing_overturns():
+    held, why, decided = _decide(_sweep({"pool3": 0.80, "attention": 0.80, "identity": 0.60}))
+    assert decided == {"pool3_noninferior": "non-inferior", "pool3_vs_attention": "undecided",
+                       "pool3_vs_identity": "b better"}  # fmt: skip
+    assert held is False and "no worse than attention by more than 5 pp" in why
+
+
+def test_attention_clearly_ahead_holds():
+    held, why, decided = _decide(_sweep({"pool3": 0.70, "attention": 0.85, "identity": 0.60}))
+    assert decided["pool3_vs_attention"] == "a better"
+    assert decided["pool3_noninferior"] == "undecided"
+    assert held is True and "Held" in why
+
+
+def test_level_with_attention_but_not_ahead_of_no_mixing_is_undecided():
+    held, why, _ = _decide(_sweep({"pool3": 0.80, "attention": 0.80, "identity": 0.80}))
+    assert held is None and "not shown ahead of no token mixing" in why
+
+
+def test_a_noisy_null_and_too_few_seeds_are_undecided():
+    means = {"pool3": 0.80, "attention": 0.80, "identity": 0.60}
+    held, _, decided = _decide(_sweep(means, noise=0.15))
+    assert held is None and decided["pool3_noninferior"] == "undecided"
+    held, _, decided = _decide(_sweep(means, seeds=1))
+    assert held is None and set(decided.values()) == {"undecided"}
+
+
+def test_evidence_reports_test_numbers_ablations_and_the_validation_lr_check():
+    results = _sweep({"pool3": 0.80, "attention": 0.81, "identity": 0.60}, seeds=3)
+    for seed, (test, val) in enumerate([(0.10, 0.11), (0.11, 0.10), (0.10, 0.12)]):
+        results.append(_result("pool3-no_residual", seed, test, val))
+    for seed in range(3):  # validation prefers attention at twice the lr
+        results.append(_result("attention-lr2x", seed, 0.78, val=0.9))
+        results.append(_result("pool3-batchnorm", seed, 0.95))
+    ev = STUDY.evidence(results, _spec(), [])
+    assert "ablation no_residual" in ev.summary and "collapses, as in the paper" in ev.summary
+    assert "ablation batchnorm" in ev.summary and "no collapse" in ev.summary
+    assert "validation prefers attention-lr2x to the deciding arm attention" in ev.summary
+    assert "- attention: attention-lr2x (lr 0.002): val_acc 90.0%, test_acc 78.0%" in ev.details
+    rows = {r["arm"]: r for r in ev.table}
+    assert set(rows) == {"pool3", "attention", "identity-lr2x", "pool3-no_residual",
+                         "attention-lr2x", "pool3-batchnorm"}  # fmt: skip
+    assert {"val_acc %", "test_acc %", "± sd (test)"} <= set(rows["pool3"])
+    assert rows["attention-lr2x"]["role"] == "validation's lr"
+    assert "acc_vs_macs" in ev.figures
 
 
 def _spec(smoke: bool = False):
@@ -163,8 +212,15 @@ def _spec(smoke: bool = False):
 def test_smoke_spec_is_small_and_default_spec_is_valid():
     smoke = _spec(smoke=True)
     full = _spec()
-    assert len(smoke.sweep.arms) <= 3 and smoke.sweep.seeds == 1
-    assert full.sweep.seeds >= 3 and len(full.sweep.space["lr"].grid) >= 2
+    assert set(smoke.sweep.arms) == set(DECIDING.values()) and smoke.sweep.seeds == 2
+    assert full.sweep.seeds.min >= 3 and full.sweep.seeds.max > full.sweep.seeds.min
+    lrs = {(a["mixer"], a["lr"]) for a in full.sweep.arms.values() if "ablation" not in a}
+    assert {("attention", 0.016), ("attention", 0.032), ("pool3", 0.032)} <= lrs
+
+
+def test_data_has_a_test_split_and_the_training_set_of_before():
+    data = STUDY.prepare_data(_spec())
+    assert (len(data["x_train"]), len(data["x_val"]), len(data["x_test"])) == (2700, 900, 900)
 
 
 # --- end to end ------------------------------------------------------------------------------
@@ -184,7 +240,6 @@ def test_smoke_sweep_logs_one_child_per_mixer_lr_seed(smoke_run):
     parents = [r for r in runs if r.data.tags.get("skeptic.kind") == "sweep"]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert parents[0].data.tags["skeptic.verdict"] == "undecided"  # one seed cannot decide
     spec = _spec(smoke=True)
     keys = sorted(
         (c.data.params["mixer"], c.data.params["lr"], c.data.params["seed"]) for c in children
@@ -192,9 +247,27 @@ def test_smoke_sweep_logs_one_child_per_mixer_lr_seed(smoke_run):
     assert len(keys) == len(set(keys)) == len(spec.sweep.arms) * spec.sweep.seeds
     for child in children:
         assert child.data.tags["skeptic.outcome"] == "completed"
-        for metric in ("val_acc", "params", "macs", "train_images_per_s"):
+        for metric in ("val_acc", "test_acc", "params", "macs", "train_images_per_s"):
             assert metric in child.data.metrics
     assert list((tmp / "runs" / "metaformer").glob("*/report/acc_vs_macs.png"))
+
+
+def test_smoke_parent_and_report_carry_every_comparison(smoke_run):
+    uri, tmp = smoke_run
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("metaformer")
+    parent = next(
+        r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get(Tag.KIND) == "sweep"
+    )
+    for c in STUDY.comparisons(_spec(smoke=True)):
+        assert Metric.comparison(c.name, "diff") in parent.data.metrics, c.name
+        assert parent.data.tags[Tag.decision(c.name)] in {str(d) for d in Decision}
+    assert parent.data.tags[Tag.VERDICT] in ("held", "overturned", "undecided")
+    report = next((tmp / "runs" / "metaformer").glob("*/report"))
+    text = (report / "report.md").read_text()
+    assert "## Deciding comparisons" in text and "(comparisons.png)" in text
+    assert (report / "comparisons.png").is_file()
+    assert "val_acc %" in text and "test_acc %" in text  # each number names its split
 
 
 def test_smoke_champion_is_registered_with_mixer_and_macs(smoke_run):
@@ -208,4 +281,5 @@ def test_smoke_champion_is_registered_with_mixer_and_macs(smoke_run):
     size = info.metadata["input_shape"]
     probs = model.predict(torch.rand(3, *size).numpy())
     assert probs.shape == (3, 10)
-    assert version.tags["skeptic.verdict"] == "undecided"
+    assert version.tags[Tag.METRIC] == "val_acc"  # the champion is chosen on validation
+    assert version.tags[Tag.VERDICT] in ("held", "overturned", "undecided")

@@ -1,10 +1,13 @@
 """Study `pruning`: structured pruning really shrinks the model, Scratch-B's budget comes
 from measured FLOPs, unstructured masks survive retraining, the baseline stage is usable,
-and `skeptic run pruning --smoke` runs end to end on local Ray into a temporary MLflow."""
+the decision rule decides as it says (on hand-made results, through the platform's
+statistics), and `skeptic run pruning --smoke` runs end to end on local Ray into a
+temporary MLflow."""
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -22,9 +25,23 @@ from jobs.pruning.prune import (
     sparsity,
     structured_prune,
 )
-from jobs.pruning.study import BASELINE_FIELDS, Params, Pruning, plan_trial, tensors
+from jobs.pruning.study import (
+    ARMS,
+    BASELINE_FIELDS,
+    Params,
+    Pruning,
+    plan_trial,
+    tensors,
+    verdict_split,
+)
+from jobs.pruning.verdict import MARGIN
 from skeptic.data import load_dataset
+from skeptic.planning import check_comparisons
+from skeptic.schema import Metric, Tag
+from skeptic.spec import SpecError, load_spec
 from skeptic.stages import RunningStage
+from skeptic.stats import Decision, judge
+from skeptic.study import TrialResult
 from skeptic.training import evaluate, train_epoch
 
 SHAPE = [3, 8, 8]
@@ -38,9 +55,9 @@ def _model(width: int = 8, seed: int = 0) -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def data() -> dict:
-    ds = load_dataset("shapes", 240, 0.25, seed=0, image_size=8)
+    ds = load_dataset("shapes", 300, 0.2, seed=0, image_size=8, test_fraction=0.2)
     return {"x_train": ds.x_train, "y_train": ds.y_train, "x_val": ds.x_val, "y_val": ds.y_val,
-            "classes": list(ds.classes)}  # fmt: skip
+            "x_test": ds.x_test, "y_test": ds.y_test, "classes": list(ds.classes)}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +127,8 @@ def test_fine_tuned_starts_from_the_pruned_trained_weights(baseline):
     for key, value in expected.items():
         torch.testing.assert_close(plan.weights[key], value)
     assert plan.lr == 1e-3 and not plan.step_decay
+    # what the report states of the baseline is its test accuracy, the arms' split
+    assert plan.facts["baseline_test_acc"] == baseline["test_acc"]
     scratch = plan_trial(p.model_copy(update={"method": "scratch_e"}), baseline, seed=0)
     assert not torch.equal(scratch.weights["features.0.weight"], plan.weights["features.0.weight"])
 
@@ -150,20 +169,142 @@ def test_ticket_reuses_the_original_init_and_random_does_not(baseline):
 
 
 def test_run_stage_gives_a_usable_baseline(baseline, data, tmp_path):
-    assert set(baseline) == {"init", "trained", "model_config", "val_acc"}
+    assert set(baseline) == {"init", "trained", "model_config", "val_acc", "test_acc"}
     torch.save(baseline, tmp_path / "b.pt")  # the platform's round trip: plain values only
     loaded = torch.load(tmp_path / "b.pt", weights_only=True)
     model = models.build(loaded["model_config"])
     model.load_state_dict(loaded["trained"])
     _, _, xv, yv = tensors(data, torch.device("cpu"))
     assert evaluate(model, xv, yv)[1] == pytest.approx(loaded["val_acc"])
+    xt, yt = verdict_split(data, torch.device("cpu"))
+    assert evaluate(model, xt, yt)[1] == pytest.approx(loaded["test_acc"])
     assert not torch.equal(
         loaded["init"]["features.0.weight"], loaded["trained"]["features.0.weight"]
     )
     assert loaded["model_config"]["channels"] == models.base_channels(4)
 
 
+# ---- the decision rule, on hand-made trial results ----------------------------------------
+
+RULE_ARMS = ("fine_tuned", "scratch_b", "ticket_lr0.1", "random_lr0.1")
+
+
+def _spec(ratios=(0.5, 0.9), arms=RULE_ARMS):
+    override = {"sweep": {"space": {"ratio": {"grid": list(ratios)}},
+                          "arms": {a: ARMS[a] for a in arms}}}  # fmt: skip
+    return load_spec("pruning", Pruning.defaults, Params, override)
+
+
+def _results(means: dict, noise: float, seeds: int = 5, ratios=(0.5, 0.9)) -> list[TrialResult]:
+    """Test accuracy per arm: a mean (or a mean per ratio) + a level a seed's arms share (the
+    baseline they prune) + each trial's own noise; validation set apart, so a rule that read
+    it would fail."""
+    out = []
+    for seed in range(seeds):
+        level = np.random.default_rng([seed, 99]).normal(0, 0.01)
+        for i, (arm, mean) in enumerate(means.items()):
+            for ratio in ratios:
+                m = mean[ratio] if isinstance(mean, dict) else mean
+                acc = level + m + noise * np.random.default_rng([seed, i, int(100 * ratio)]).normal()
+                params = {"arm": arm, "method": arm.split("_lr")[0], "ratio": ratio, "seed": seed,
+                          "width": 4, "lr": 0.1, "finetune_lr": 1e-3, "retrain_lr": 0.1}  # fmt: skip
+                final = {"test_acc": acc, "val_acc": 0.5, "baseline_test_acc": 0.95}
+                out.append(TrialResult(f"{arm}{ratio}{seed}", params, [final], "completed"))
+    return out
+
+
+def _decide(results: list[TrialResult], spec=None):
+    study = Pruning()
+    judged = judge(study.comparisons(spec or _spec()), results, study.report_metric)
+    return study.decide({j.compare.name: j for j in judged}), {j.compare.name: j for j in judged}
+
+
+def test_declared_comparisons_per_ratio_paired_with_a_stated_margin():
+    compares = {c.name: c for c in Pruning().comparisons(_spec())}
+    assert list(compares) == ["sb_noninf_r50", "ft_vs_sb_r50", "sb_noninf_r90", "ft_vs_sb_r90",
+                              "ticket_lr0p1_r50", "ticket_lr0p1_r90"]  # fmt: skip
+    assert all(c.paired_by == "seed" for c in compares.values())
+    noninf = compares["sb_noninf_r50"]
+    assert noninf.a == {"arm": "fine_tuned", "ratio": 0.5} and noninf.b["arm"] == "scratch_b"
+    assert noninf.question == "non_inferiority" and noninf.margin == MARGIN == 0.01
+    assert "docs/results/pruning" in noninf.why
+    assert compares["ticket_lr0p1_r90"].b == {"arm": "ticket_lr0.1", "ratio": 0.9}
+    default = Pruning().comparisons(load_spec("pruning", Pruning.defaults, Params))
+    assert len(default) == 4 * 2 + 2 * 4  # 4 ratios x (2 questions + 2 ticket lrs)
+
+
+def test_scratch_b_better_at_every_ratio_overturns():
+    (held, why), judged = _decide(_results({"fine_tuned": 0.90, "scratch_b": 0.93}, noise=0.002))
+    assert judged["ft_vs_sb_r50"].decision == Decision.B_BETTER
+    assert judged["sb_noninf_r90"].decision == Decision.NON_INFERIOR
+    assert held is False and "0.5, 0.9" in why
+
+
+def test_scratch_b_equal_within_the_margin_overturns():
+    (held, _), judged = _decide(_results({"fine_tuned": 0.90, "scratch_b": 0.899}, noise=0.001))
+    assert {judged[f"sb_noninf_r{r}"].decision for r in (50, 90)} == {Decision.NON_INFERIOR}
+    assert held is False
+
+
+def test_fine_tuning_better_at_every_ratio_holds():
+    (held, why), judged = _decide(_results({"fine_tuned": 0.95, "scratch_b": 0.85}, noise=0.002))
+    assert judged["ft_vs_sb_r90"].decision == Decision.A_BETTER
+    assert judged["sb_noninf_r90"].decision == Decision.UNDECIDED
+    assert held is True and "every ratio" in why
+
+
+def test_ratios_that_disagree_are_undecided():
+    means = {"fine_tuned": {0.5: 0.90, 0.9: 0.95}, "scratch_b": {0.5: 0.92, 0.9: 0.85}}
+    (held, why), _ = _decide(_results(means, noise=0.002))
+    assert held is None and "depends on the ratio" in why
+
+
+def test_noisy_null_is_undecided():
+    (held, _), judged = _decide(_results({"fine_tuned": 0.9, "scratch_b": 0.9}, 0.03, seeds=3))
+    assert {j.decision for j in judged.values()} == {Decision.UNDECIDED}
+    assert held is None
+
+
+def test_one_seed_is_undecided():
+    (held, why), judged = _decide(_results({"fine_tuned": 0.95, "scratch_b": 0.5}, 0.001, seeds=1))
+    assert held is None and "fewer than 2 seeds" in why
+    assert all(j.estimate is None for j in judged.values())
+
+
+def test_ticket_comparisons_are_judged_but_do_not_count():
+    means = {"fine_tuned": 0.90, "scratch_b": 0.93, "ticket_lr0.1": 0.97, "random_lr0.1": 0.80}
+    results = _results(means, noise=0.002)
+    (held, _), judged = _decide(results)
+    assert judged["ticket_lr0p1_r50"].decision == Decision.B_BETTER
+    assert held is False  # Scratch-B's result alone decides
+    swapped = {**means, "ticket_lr0.1": 0.80, "random_lr0.1": 0.97}
+    assert _decide(_results(swapped, noise=0.002))[0][0] is False
+    evidence = Pruning().evidence(results, _spec(), list(judged.values()))
+    assert "lr 0.1 (reported, not counted): ticket better at 0.5, 0.9" in evidence.summary
+
+
+@pytest.mark.parametrize(
+    "setting, field",
+    [("sweep.space.width.grid=[16,32]", "sweep"), ("data.test_fraction=0", "data.test_fraction")],
+)
+def test_a_spec_the_comparisons_cannot_judge_is_refused_before_start(setting, field):
+    spec = load_spec("pruning", Pruning.defaults, Params, sets=[setting])
+    with pytest.raises(SpecError, match=field):
+        check_comparisons(Pruning(), spec)  # the platform checks every study so
+
+
+def test_evidence_labels_every_number_with_its_split():
+    results = _results({"fine_tuned": 0.90, "scratch_b": 0.93}, noise=0.002)
+    evidence = Pruning().evidence(results, _spec(), [])
+    assert {"test_acc %", "test_acc sd (pp)", "val_acc %", "baseline test_acc %"} <= set(evidence.table[0])
+    assert {"accuracy_vs_ratio", "ticket_vs_random"} <= set(evidence.figures)
+    assert "95.00% test accuracy" in evidence.summary  # the baseline, on the arms' split
+    assert "latency" in evidence.details and "Liu et al. 2019" in evidence.details
+
+
 # ---- end to end ------------------------------------------------------------------------
+
+SMOKE_SEEDS = Pruning.smoke["sweep"]["seeds"]
 
 
 @pytest.fixture(scope="module")
@@ -172,30 +313,60 @@ def smoke_run(smoke_sweep):
     return uri, tmp
 
 
-@pytest.mark.slow
-def test_smoke_sweep_one_child_per_arm_ratio_seed(smoke_run):
-    uri, tmp = smoke_run
+def _runs(uri):
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("pruning")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("skeptic.kind") == "sweep"]
     stages = [r for r in runs if "skeptic.stage" in r.data.tags]
     trials = [
-        r
-        for r in runs
-        if "mlflow.parentRunId" in r.data.tags and "skeptic.stage" not in r.data.tags
+        r for r in runs if "mlflow.parentRunId" in r.data.tags and "skeptic.stage" not in r.data.tags
     ]
-    assert len(parents) == 1 and len(stages) == 1  # one baseline shared by every trial
-    keys = sorted(
-        (t.data.params["arm"], float(t.data.params["ratio"]), t.data.params["seed"]) for t in trials
-    )
+    return client, parents, stages, trials
+
+
+@pytest.mark.slow
+def test_smoke_sweep_one_child_per_arm_ratio_seed(smoke_run):
+    uri, _ = smoke_run
+    _, parents, stages, trials = _runs(uri)
+    assert len(parents) == 1 and len(stages) == SMOKE_SEEDS  # one baseline per seed, shared
+    keys = Counter((t.data.params["arm"], float(t.data.params["ratio"])) for t in trials)
     smoke = Pruning.smoke["sweep"]
-    expected = sorted((a, r, "0") for a in smoke["arms"] for r in smoke["space"]["ratio"]["grid"])
-    assert keys == expected
+    assert keys == {(a, r): SMOKE_SEEDS for a in smoke["arms"] for r in smoke["space"]["ratio"]["grid"]}
     assert all(t.data.tags["skeptic.outcome"] == "completed" for t in trials)
-    assert parents[0].data.tags["skeptic.verdict"] == "undecided"  # 1 seed cannot decide
-    report = next((tmp / "runs" / "pruning").glob("*/report/report.md")).read_text()
-    assert "Cannot decide" in report and "latency" in report.lower()
+    assert parents[0].data.tags["skeptic.verdict"] in ("held", "overturned", "undecided")
+
+
+@pytest.mark.slow
+def test_smoke_report_shows_the_comparisons_and_labels_the_split(smoke_run):
+    _, tmp = smoke_run
+    report = next((tmp / "runs" / "pruning").glob("*/report/report.md"))
+    text = report.read_text()
+    assert "## Deciding comparisons" in text and "Numbers on the **test** split" in text
+    for name in ("sb_noninf_r50", "ft_vs_sb_r50", "ticket_lr0p1_r50"):
+        assert f"| {name} |" in text, name
+    assert "| test_acc % |" in text and "| val_acc % |" in text and "latency" in text.lower()
+    assert (report.parent / "comparisons.png").is_file()
+
+
+@pytest.mark.slow
+def test_parent_run_records_each_comparison_and_its_decision(smoke_run):
+    uri, _ = smoke_run
+    _, parents, _, _ = _runs(uri)
+    parent = parents[0].data
+    for name in ("sb_noninf_r50", "ft_vs_sb_r50", "ticket_lr0p1_r50"):
+        assert Metric.comparison(name, "diff") in parent.metrics, name
+        assert parent.metrics[Metric.comparison(name, "n_b")] == SMOKE_SEEDS
+        assert parent.tags[Tag.decision(name)] in {d.value for d in Decision}, name
+
+
+@pytest.mark.slow
+def test_smoke_trials_report_test_accuracy_and_the_baseline_on_the_same_split(smoke_run):
+    uri, _ = smoke_run
+    _, _, stages, trials = _runs(uri)
+    for run in (*stages, *trials):
+        assert {"val_acc", "test_acc"} <= set(run.data.metrics), run.info.run_name
+    assert all("baseline_test_acc" in t.data.metrics for t in trials)
 
 
 @pytest.mark.slow
@@ -209,59 +380,9 @@ def test_smoke_champion_is_a_registered_pruned_model(smoke_run):
     meta = mlflow.models.get_model_info(version.source).metadata
     assert {"ratio", "flops", "params", "channels"} <= set(meta)
     assert meta["ratio"] == 0.5
-    # the smoke also runs a ticket arm, but a masked model is not smaller: never the champion
+    # the smoke also runs ticket arms, but a masked model is not smaller: never the champion
     assert meta["method"] in ("fine_tuned", "scratch_e", "scratch_b")
     model = mlflow.pyfunc.load_model("models:/pruning@champion")
     probs = model.predict(np.random.rand(3, 3, 8, 8).astype(np.float32))
     assert probs.shape == (3, 10)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
-
-
-# ---- the verdict's decision rule, on hand-made trial results --------------------------
-
-
-def _results(acc: dict[str, list[float]], ratios: tuple[float, ...] = (0.5, 0.9)) -> list:
-    from skeptic.study import TrialResult
-
-    out = []
-    for arm, values in acc.items():
-        method = arm.split("_lr")[0]
-        for ratio in ratios:
-            for seed, v in enumerate(values):
-                params = {"arm": arm, "method": method, "ratio": ratio, "seed": seed, "width": 4}
-                out.append(
-                    TrialResult(f"{arm}{ratio}{seed}", params, [{"val_acc": v}], "completed")
-                )
-    return out
-
-
-def test_verdict_overturned_when_scratch_b_matches_fine_tuning():
-    from jobs.pruning.verdict import judge
-
-    v = judge(_results({"fine_tuned": [0.90, 0.91, 0.92], "scratch_e": [0.9, 0.9, 0.9],
-                        "scratch_b": [0.91, 0.92, 0.93]}), "val_acc", SHAPE)  # fmt: skip
-    assert v.held is False and "every ratio" in v.summary
-    assert {"accuracy_vs_ratio", "ticket_vs_random"} <= set(v.figures)
-
-
-def test_verdict_held_when_fine_tuning_wins_and_undecided_with_one_seed():
-    from jobs.pruning.verdict import judge
-
-    v = judge(
-        _results({"fine_tuned": [0.95, 0.96, 0.95], "scratch_b": [0.80, 0.81, 0.80]}),
-        "val_acc",
-        SHAPE,
-    )
-    assert v.held is True
-    one = judge(_results({"fine_tuned": [0.95], "scratch_b": [0.80]}), "val_acc", SHAPE)
-    assert one.held is None and "Cannot decide" in one.summary
-
-
-def test_verdict_reports_ticket_vs_random_per_lr():
-    from jobs.pruning.verdict import judge
-
-    acc = {"fine_tuned": [0.9, 0.9], "scratch_b": [0.9, 0.9], "ticket_lr0.01": [0.95, 0.96],
-           "random_lr0.01": [0.80, 0.81], "ticket_lr0.1": [0.9, 0.91], "random_lr0.1": [0.9, 0.91]}  # fmt: skip
-    summary = judge(_results(acc), "val_acc", SHAPE).summary
-    assert "lr 0.01: ticket better at 0.5, 0.9" in summary
-    assert "lr 0.1: tie at 0.5, 0.9" in summary

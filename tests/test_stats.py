@@ -81,7 +81,7 @@ def test_equivalence_needs_a_margin_the_data_can_show():
     tight = judge([_compare(Question.EQUIVALENCE, 0.001)], results, "test_acc")[0]
     assert generous.decision == Decision.EQUIVALENT
     assert tight.decision == Decision.UNDECIDED
-    assert "more seeds will not show equivalence" in tight.hint or "seeds per arm" in tight.hint
+    assert "unlikely to show equivalence" in tight.hint or "seeds per arm" in tight.hint
 
 
 def test_not_significant_is_never_read_as_equal():
@@ -161,3 +161,11 @@ def test_a_selector_matching_two_trials_of_one_seed_is_refused():
 def test_a_margin_is_required_where_the_question_needs_one():
     with pytest.raises(ValueError, match="needs a margin"):
         _compare(Question.EQUIVALENCE)
+
+
+def test_reported_comparisons_are_a_holm_family_of_their_own():
+    deciding = _compare()
+    reported = Compare("again", {"arm": "A"}, {"arm": "B"}, deciding=False)
+    alone = judge([deciding], _results(A, B), "test_acc")[0]
+    both = judge([deciding, reported], _results(A, B), "test_acc")
+    assert both[0].p_adjusted == pytest.approx(alone.p_adjusted)  # not doubled by `again`

@@ -2,7 +2,8 @@
 
 - `target_split`: 80/20 stratified; the 20% is the test set, the 80% is the pool that
   the shots and the validation images come from (and that SFUDA methods see unlabelled).
-- `sample_shots`: k labelled shots per class + one validation image per class, from the pool.
+- `sample_shots`: k labelled shots per class + one validation image per class, from the pool
+  (`validation_images`: the same validation images alone).
 - label shift (`pareto_priors`, `subsample_to_priors`) and partial set (`partial_classes`).
 """
 
@@ -40,17 +41,28 @@ def sample_shots(
         raise ValueError(f"k must be >= 1 shot per class, got {k}")
     shots, val = [], []
     for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        if len(idx) < k + 1:
+        order = _class_order(labels, int(c), seed)
+        if len(order) < k + 1:
             name = class_names[c] if class_names is not None else str(c)
             raise ValueError(
-                f"class {name!r} (label {c}) has {len(idx)} images in the target pool, "
+                f"class {name!r} (label {c}) has {len(order)} images in the target pool, "
                 f"fewer than k + 1 = {k + 1} ({k} shots + 1 for validation)"
             )
-        order = np.random.default_rng([seed, 13, int(c)]).permutation(idx)
         val.append(order[:1])
         shots.append(order[1 : k + 1])
     return np.sort(np.concatenate(shots)), np.sort(np.concatenate(val))
+
+
+def validation_images(labels: np.ndarray, seed: int) -> np.ndarray:
+    """The validation indices `sample_shots` gives for this seed (one image per class),
+    without drawing shots: SFUDA trials are measured on the same images, for the record."""
+    firsts = [_class_order(labels, int(c), seed)[:1] for c in np.unique(labels)]
+    return np.sort(np.concatenate(firsts))
+
+
+def _class_order(labels: np.ndarray, c: int, seed: int) -> np.ndarray:
+    """The images of class `c` in the order fixed by (seed, class)."""
+    return np.random.default_rng([seed, 13, c]).permutation(np.flatnonzero(labels == c))
 
 
 def pareto_priors(num_classes: int, imbalance: float) -> np.ndarray:

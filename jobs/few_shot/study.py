@@ -10,12 +10,17 @@ the classes (partial set).
 
 Model: a small CNN (3 conv + BatchNorm blocks, global pooling, linear classifier), so TENT
 has BatchNorm to adapt, and an adaptation run takes seconds on 2 CPU cores.
+
+Three-way split of the target: the test split (data.test_fraction) gives every number the
+verdict states; one labelled validation image per class (from the pool) makes every choice
+(the LR, the checkpoint, the champion); the shots train. The decision: jobs/few_shot/verdict.py.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
@@ -23,20 +28,22 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from jobs.few_shot import splits
+from jobs.few_shot import evidence, splits, verdict
 from jobs.few_shot.finetune import FT_METHODS, choose_lr, finetune
 from jobs.few_shot.sfuda import SFUDA_METHODS, adapt
-from jobs.few_shot.verdict import judge
 from skeptic.api import (
+    Compare,
     DataError,
     DataPlan,
+    Evidence,
+    Judged,
+    Spec,
     SpecError,
     Stage,
     StageContext,
     Study,
     TrialContext,
     TrialResult,
-    Verdict,
     grid_points,
     register_study,
     sweep_params,
@@ -125,15 +132,17 @@ class FewShot(Study):
         "Domain Adaptation' (daintlab/fewshot-SFDA)"
     )
     Params = Params
-    metric = "test_acc"  # of the selected model (lowest val loss; the last step for SFUDA)
-    # FIFO only. ASHA would rank trials by test accuracy (the metric; scheduling on it leaks
-    # the test set into model selection) at equal iterations, which are evaluation checks of
-    # different step counts for FT and SFUDA; PBT would copy an adapted model of another
-    # method or k into a trial.
+    # The champion: the few-shot model with the lowest loss on the labelled validation
+    # images (of its selected checkpoint); test_acc, the selected model's accuracy on the
+    # target test split, is what the comparisons judge (report_metric, the default).
+    metric, mode = "val_loss", "min"
+    # FIFO only. ASHA would stop trials by comparing them at equal iterations, which are
+    # evaluation checks of different step counts for FT and SFUDA; PBT would copy an adapted
+    # model of another method or k into a trial.
     schedulers = ("fifo",)
     schedulers_reason = (
-        "trials are compared after their full adaptation; ASHA would stop them on test "
-        "accuracy at unequal step counts, and PBT would copy one method's model into another"
+        "trials are compared after their full adaptation; ASHA would stop them at unequal "
+        "step counts, and PBT would copy one method's model into another"
     )
     stages = (
         Stage("source", SOURCE_FIELDS),
@@ -151,16 +160,21 @@ class FewShot(Study):
                 "scenario": {"grid": list(splits.SCENARIOS)},
             },
             "arms": {**FT_ARMS, **SFUDA_ARMS},
-            "seeds": 3,
+            # 3 seeds, then 3 more at a time for the deciding arms (FT k=3 and SHOT) of the
+            # comparisons still undecided, up to 12: at 3 paired seeds (2 degrees of
+            # freedom) and Holm over 4 comparisons only huge, steady gaps are decided.
+            "seeds": {"min": 3, "max": 12, "step": 3},
         },
     }
+    # The deciding arms (FT at k=3, SHOT) with 2 seeds: the smallest sweep that gives each
+    # comparison an estimate (2 seeds per arm; 2 are far too few to decide anything).
     smoke: ClassVar[dict] = {
         "data": {"size": 400},
         "train": {"width": 4, "source_epochs": 2, "steps": 10, "sfuda_steps": 10, "eval_every": 5},
         "sweep": {
-            "space": {"k": {"grid": [1]}, "scenario": {"grid": ["standard"]}},
-            "arms": {"ft": FT_ARMS["ft"], "tent": SFUDA_ARMS["tent"]},
-            "seeds": 1,
+            "space": {"k": {"grid": [verdict.K]}, "scenario": {"grid": ["standard"]}},
+            "arms": {"ft": FT_ARMS["ft"], "shot": SFUDA_ARMS["shot"]},
+            "seeds": 2,
         },
     }
 
@@ -190,7 +204,7 @@ class FewShot(Study):
                 priors if scenario == "label_shift" else None,
                 keep if scenario == "partial" else None,
             )  # fmt: skip
-            pool, test = splits.target_split(y, d.seed)
+            pool, test = splits.target_split(y, d.seed, d.test_fraction)
             data |= {
                 f"{scenario}.x_pool": x[pool], f"{scenario}.y_pool": y[pool],
                 f"{scenario}.x_test": x[test], f"{scenario}.y_test": y[test],
@@ -238,6 +252,11 @@ class FewShot(Study):
             raise SpecError(
                 "data.domain: few_shot reads its domains from train.source_domain and "
                 f"train.target_domain; unset data.domain (got {d.domain!r})"
+            )
+        if d.test_fraction == 0:
+            raise SpecError(
+                "data.test_fraction: few_shot reports accuracy on a test split of the target "
+                "domain, so it must be above 0 (the default is 0.2)"
             )
         for name in DATA_FIELDS:
             arms = [arm for arm, values in spec.sweep.arms.items() if name in values]
@@ -315,7 +334,7 @@ class FewShot(Study):
                 y = y[splits.subsample_to_priors(y, priors, seed)]
             if scenario == "partial":
                 y = y[np.isin(y, keep)]
-        pool, _ = splits.target_split(y, seed)
+        pool, _ = splits.target_split(y, seed, spec.data.test_fraction)
         counts = np.bincount(y[pool])
         return int(counts[counts > 0].min())
 
@@ -401,12 +420,13 @@ class FewShot(Study):
             points, val, extra = self._few_shot(p, model, tensors, ctx, lr)
             total = p.steps
         else:
-            points, val, total = adapt(
+            points, total = adapt(
                 model, tensors["x_pool"], p.method, p.sfuda_steps, p.eval_every,
                 p.batch_size, ctx.seed, autocast=ctx.autocast,
-            ), None, p.sfuda_steps  # fmt: skip
-            extra = {}
-        self._report(ctx, model, points, val, test, total, {**base, **extra}, config)
+            ), p.sfuda_steps  # fmt: skip
+            val, extra = self._validation_images(tensors, ctx.seed), {}
+        by_val = p.method in FT_METHODS
+        self._report(ctx, model, points, val, test, total, {**base, **extra}, config, by_val)
 
     def _few_shot(
         self, p: Params, model: nn.Module, t: dict[str, torch.Tensor], ctx: TrialContext[Params],
@@ -424,30 +444,43 @@ class FewShot(Study):
         )  # fmt: skip
         return points, (x[val_idx], y[val_idx]), extra
 
+    @staticmethod
+    def _validation_images(t: dict[str, torch.Tensor], seed: int) -> tuple[torch.Tensor, ...]:
+        """The few-shot trials' validation images of this seed (one per class): an SFUDA
+        trial is measured on them for the record, so that every trial reports the selection
+        metric; no SFUDA choice uses them (its model is the last step)."""
+        idx = torch.as_tensor(splits.validation_images(t["y_pool"].cpu().numpy(), seed))
+        idx = idx.to(t["x_pool"].device)
+        return t["x_pool"][idx], t["y_pool"][idx]
+
     def _report(
-        self, ctx: TrialContext[Params], model: nn.Module, points: Any, val: tuple | None, test: tuple,
-        total: int, base: dict[str, float], config: dict[str, Any],
+        self, ctx: TrialContext[Params], model: nn.Module, points: Any, val: tuple, test: tuple,
+        total: int, base: dict[str, float], config: dict[str, Any], by_val: bool,
     ) -> None:  # fmt: skip
-        """Evaluate at every check: the selected model is the lowest-val-loss one for few-shot
-        runs and the latest one for SFUDA runs (no labels); the oracle is reported apart."""
-        selected = {"step": 0, "val_loss": math.inf, "test_acc": base["source_only_acc"]}
-        if val is not None:
-            selected["val_loss"] = evaluate(model, *val)[0]
+        """Evaluate at every check and report the selected model: the lowest-val-loss one
+        (`by_val`, few-shot runs) or the latest one (SFUDA runs, which may use no label).
+        val_loss / val_acc / test_acc are the selected model's; *_now the current one's. The
+        oracle (the best test accuracy over the checks) is reported apart and chooses nothing."""
+        val_loss, val_acc = evaluate(model, *val)
+        selected = {
+            "step": 0, "val_loss": val_loss, "val_acc": val_acc,
+            "test_acc": base["source_only_acc"],
+        }  # fmt: skip
         state = copy.deepcopy(model.state_dict())
         oracle = base["source_only_acc"]
         for i, point in enumerate(points):
             with ctx.autocast():
                 now = evaluate(model, *test)[1]
+                val_loss, val_acc = evaluate(model, *val)
             oracle = max(oracle, now)
-            metrics = {"step": point.step, "train_loss": point.train_loss, "test_acc_now": now}
-            if val is not None:
-                with ctx.autocast():
-                    metrics["val_loss"], metrics["val_acc"] = evaluate(model, *val)
-            if val is None or metrics["val_loss"] < selected["val_loss"]:
-                selected = {"step": point.step, "val_loss": metrics.get("val_loss", math.nan)}
+            if not by_val or val_loss < selected["val_loss"]:
+                selected = {"step": point.step, "val_loss": val_loss, "val_acc": val_acc}
                 selected["test_acc"], state = now, copy.deepcopy(model.state_dict())
-            metrics |= {
-                **base, "test_acc": selected["test_acc"], "selected_step": selected["step"],
+            metrics = {
+                "step": point.step, "train_loss": point.train_loss, "test_acc_now": now,
+                "val_loss_now": val_loss, "val_acc_now": val_acc, **base,
+                "val_loss": selected["val_loss"], "val_acc": selected["val_acc"],
+                "test_acc": selected["test_acc"], "selected_step": selected["step"],
                 "oracle_test_acc": oracle,
             }  # fmt: skip
             if i < ctx.start_epoch:  # already reported before a restart (runs are deterministic)
@@ -484,9 +517,18 @@ class FewShot(Study):
         return {k: config[k] for k in keys if k in config}
 
     def champion_eligible(self, trial: TrialResult) -> bool:
-        # The registered model is the adapted few-shot one; the SFUDA baselines are only
-        # compared against it in the verdict.
+        # The registered model is the adapted few-shot one, chosen by validation loss; the
+        # SFUDA baselines use no label, so their val_loss (measured for the record) must not
+        # choose them, and they are only compared against it in the verdict.
         return trial.params.get("method") in FT_METHODS
 
-    def verdict(self, results: list[TrialResult], spec: Any) -> Verdict:
-        return judge(results)
+    # ---- the verdict: jobs/few_shot/verdict.py (the rule), evidence.py (the report) ----
+
+    def comparisons(self, spec: Spec) -> list[Compare]:
+        return verdict.comparisons(spec, Params)
+
+    def decide(self, judged: Mapping[str, Judged]) -> tuple[bool | None, str]:
+        return verdict.decide(judged)
+
+    def evidence(self, results: list[TrialResult], spec: Spec, judged: list[Judged]) -> Evidence:
+        return evidence.evidence(results)

@@ -4,11 +4,17 @@ Model: the paper's F1-style MLP (depth x [Linear, BN, ReLU]) on flattened genera
 images. Why: on 2 CPU cores it trains in seconds per epoch at every batch size, and
 the effect under test (too few updates, not large batches as such) is an
 optimisation-budget effect that an MLP shows as clearly as a ResNet.
+
+Data. Three splits, drawn once per sweep: train, validation (every choice: Tune's metric,
+the champion) and test (every number the verdict states: the comparisons in verdict.py, the
+table and plots in evidence.py). Every trial evaluates on validation and test each epoch;
+nothing reads test_acc to choose.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
@@ -16,15 +22,17 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from jobs.large_batch import evidence, verdict
 from jobs.large_batch.ghost_bn import make_norm
-from jobs.large_batch.verdict import judge
 from skeptic.api import (
+    Compare,
     DataPlan,
+    Evidence,
+    Judged,
     SpecError,
     Study,
     TrialContext,
     TrialResult,
-    Verdict,
     register_study,
     sweep_params,
 )
@@ -116,7 +124,11 @@ class LargeBatch(Study):
         "stop the arms the claim is about, and PBT would copy weights between arms"
     )
     defaults: ClassVar[dict] = {
-        "data": {"name": "shapes", "size": 16000, "image_size": 16, "val_fraction": 0.2},
+        # 9600 train / 3200 val (every choice) / 3200 test (the numbers the verdict states)
+        "data": {
+            "name": "shapes", "size": 16000, "image_size": 16, "val_fraction": 0.2,
+            "test_fraction": 0.2,
+        },
         "resources": {"cpu": 1},
         "train": {"base_batch": 64, "lr": 0.05, "epochs": 10},
         "sweep": {
@@ -140,14 +152,16 @@ class LargeBatch(Study):
                 "+RA": {**ARMS["+RA"], "ghost_batch": 32},
             },
             "derive": {"lr": {"source": "batch_size", "reference": 32, "rule_from": "lr_rule"}},
-            "seeds": 1,
+            # two seeds: the fewest a paired t interval needs, so the smoke judges every
+            # comparison end to end (at 1 degree of freedom it decides only huge effects)
+            "seeds": 2,
         },
     }
 
     def check_spec(self, spec: Any, data: DataPlan | None) -> None:
-        """The lr rule and the regime adaptation share one small-batch reference: the
-        derive's reference must be train.base_batch, or the +LR arms scale the lr against
-        another batch than the one their epochs are adapted to."""
+        """The lr rule and the regime adaptation share one small-batch reference: the derive's reference
+        must be train.base_batch, or the +LR arms scale the lr against another batch than
+        the one their epochs are adapted to."""
         rule = spec.sweep.derive.get("lr")
         if rule is None or rule.source != "batch_size":
             return
@@ -172,6 +186,7 @@ class LargeBatch(Study):
         data, dev = ctx.data, ctx.device
         x, y = (torch.tensor(data[k], device=dev) for k in ("x_train", "y_train"))
         xv, yv = (torch.tensor(data[k], device=dev) for k in ("x_val", "y_val"))
+        xt, yt = (torch.tensor(data[k], device=dev) for k in ("x_test", "y_test"))
         config = self.model_config_for(p, x.shape[1:], len(data["classes"]), data["classes"])
         model = self.build_model(config).to(dev)
         opt = torch.optim.SGD(
@@ -193,11 +208,13 @@ class LargeBatch(Study):
                     model, opt, x, y, p.batch_size, gen, clip_norm=p.clip_norm
                 )
             with ctx.autocast():
-                val_loss, val_acc = evaluate(model, xv, yv, chunk=2048)
+                val_loss, val_acc = evaluate(model, xv, yv, chunk=2048)  # Tune, the champion
+                test_loss, test_acc = evaluate(model, xt, yt, chunk=2048)  # the verdict only
             metrics = {
                 "train_loss": train_loss, "train_acc": train_acc,
                 "val_loss": val_loss, "val_acc": val_acc,
-                "gap": train_acc - val_acc, "lr": lr,
+                "test_loss": test_loss, "test_acc": test_acc,
+                "gap_test": train_acc - test_acc, "lr": lr,
                 "updates": (epoch + 1) * math.ceil(len(x) / p.batch_size),
                 "weight_distance": (_weights(model) - w0).norm().item(),
             }  # fmt: skip
@@ -234,5 +251,13 @@ class LargeBatch(Study):
     def model_metadata(self, config: dict[str, Any]) -> dict[str, Any]:
         return {"input_shape": config["input_shape"], "class_names": config["class_names"]}
 
-    def verdict(self, results: list[TrialResult], spec: Any) -> Verdict:
-        return judge(results, self.metric)
+    # --- the verdict: declared comparisons, the rule over them, the rest of the report ---
+
+    def comparisons(self, spec: Any) -> list[Compare]:
+        return verdict.comparisons(spec, Params)
+
+    def decide(self, judged: Mapping[str, Judged]) -> tuple[bool | None, str]:
+        return verdict.decide(judged)
+
+    def evidence(self, results: list[TrialResult], spec: Any, judged: list[Judged]) -> Evidence:
+        return evidence.evidence(results, self.report_metric)

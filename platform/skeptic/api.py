@@ -11,8 +11,8 @@ from skeptic.contexts import StageContext, TrialContext
 from skeptic.data import DataError, DataPlan
 from skeptic.schema import Outcome
 from skeptic.spec import Spec, SpecError, grid_points, sweep_params
-from skeptic.stats import Compare, Decision, Judged, Question, diff_se, summarize
-from skeptic.study import Evidence, Stage, Study, TrialResult, Verdict, register_study
+from skeptic.stats import Compare, Decision, Judged, Question, summarize
+from skeptic.study import Evidence, Stage, Study, TrialResult, register_study
 
 __all__ = [
     "Compare",
@@ -30,8 +30,6 @@ __all__ = [
     "Study",
     "TrialContext",
     "TrialResult",
-    "Verdict",
-    "diff_se",
     "grid_points",
     "register_study",
     "summarize",

@@ -56,20 +56,24 @@ def register_champion(
     tags: dict[str, str],
     score: float | None = None,
     policy: str = "best",
+    metric: str | None = None,
+    mode: str | None = None,
 ) -> Registration:
     """Log the weights + builder config (from a checkpointed `state`) under the trial's
     run and register it as a new version. The `champion` alias moves to it when `score`
     (the study's metric) is at least as good as the current champion's, or always with
-    policy "latest"; concurrent sweeps on one SQLite store take turns (store_lock)."""
+    policy "latest"; concurrent sweeps on one SQLite store take turns (store_lock). `metric`
+    and `mode` (default: the study's) are what `score` measures and which way is better."""
+    metric = metric or study.metric
     version = _log_model(study, state, params, run_id)
     client = MlflowClient()
     for key, value in tags.items():
         client.set_model_version_tag(study.name, version, key, value)
-    client.set_model_version_tag(study.name, version, Tag.METRIC, study.metric)
+    client.set_model_version_tag(study.name, version, Tag.METRIC, metric)
     if score is not None:
-        client.set_model_version_tag(study.name, version, Tag.score(study.metric), f"{score:.6g}")
+        client.set_model_version_tag(study.name, version, Tag.score(metric), f"{score:.6g}")
     with store_lock(mlflow.get_tracking_uri()):
-        move, reason = _should_move(client, study, score, policy)
+        move, reason = _should_move(client, study, metric, mode or study.mode, score, policy)
         if move:
             client.set_registered_model_alias(study.name, CHAMPION, version)
     champion = version if move else str(_current(client, study.name).version)
@@ -123,48 +127,50 @@ def _current(client: MlflowClient, name: str) -> Any | None:
 
 
 def _should_move(
-    client: MlflowClient, study: Study, score: float | None, policy: str
+    client: MlflowClient, study: Study, metric: str, mode: str, score: float | None, policy: str
 ) -> tuple[bool, str]:
     current = _current(client, study.name)
     if current is None:
         return True, "the first champion"
     if policy == "latest":
         return True, f"--register latest (was version {current.version})"
-    held = current.tags.get(Tag.score(study.metric))
+    held = current.tags.get(Tag.score(metric))
     if score is None or held is None:
-        return True, f"no {study.metric} to compare with version {current.version}"
+        return True, f"no {metric} to compare with version {current.version}"
     held_score = float(held)
-    better = score >= held_score if study.mode == "max" else score <= held_score
-    compare = f"{study.metric} {score:.4g} vs {held_score:.4g} of version {current.version}"
+    better = score >= held_score if mode == "max" else score <= held_score
+    compare = f"{metric} {score:.4g} vs {held_score:.4g} of version {current.version}"
     return better, compare
 
 
 def best_trial(
-    study: Study, collected: list[tuple[TrialResult, Any]]
+    study: Study, collected: list[tuple[TrialResult, Any]], metric: str, mode: str
 ) -> tuple[TrialResult, Any] | None:
-    """The eligible trial (with its Tune result) that is best by the study's metric."""
+    """The eligible trial (with its Tune result) that is best by `metric` (a validation
+    metric: the sweep's selection metric)."""
     usable = [
         (t, r)
         for t, r in collected
         if t.outcome != Outcome.FAILED
         and r.checkpoint
-        and study.metric in t.final
+        and metric in t.final
         and study.champion_eligible(t)
     ]
     if not usable:
         return None
-    sign = 1 if study.mode == "max" else -1
-    return max(usable, key=lambda tr: sign * tr[0].final[study.metric])
+    sign = 1 if mode == "max" else -1
+    return max(usable, key=lambda tr: sign * tr[0].final[metric])
 
 
 def register_best(
-    study: Study, best: tuple[TrialResult, Any], sweep_id: str, verdict: Verdict, policy: str
-) -> Registration:
+    study: Study, best: tuple[TrialResult, Any], sweep_id: str, verdict: Verdict, policy: str,
+    metric: str, mode: str,
+) -> Registration:  # fmt: skip
     """Register the best trial's last checkpointed model."""
     trial, result = best
     with result.checkpoint.as_directory() as path:
         state = torch.load(Path(path) / STATE_FILE, weights_only=True, map_location="cpu")["state"]
     params = {k: v for k, v in trial.params.items() if k in study.Params.model_fields}
     tags = {Tag.SWEEP_ID: sweep_id, Tag.VERDICT: verdict.label}
-    score = trial.final[study.metric]
-    return register_champion(study, state, params, trial.run_id, tags, score, policy)
+    score = trial.final[metric]
+    return register_champion(study, state, params, trial.run_id, tags, score, policy, metric, mode)

@@ -13,13 +13,15 @@ from skeptic.schema import Param
 from skeptic.spec import (
     Dim,
     Spec,
+    SpecError,
     check_selection_metric,
     count_trials,
     grid_points,
+    resolve_params,
     seed_looks,
 )
 from skeptic.stages import plan_tasks
-from skeptic.stats import ALPHA, look_levels
+from skeptic.stats import ALPHA, Compare, look_levels
 from skeptic.study import Study
 
 
@@ -27,12 +29,65 @@ def check_before_start(study: Study, spec: Spec, address: str | None) -> None:
     """Everything a spec can be refused for, before Ray starts or anything is logged."""
     check_selection_metric(selection_metric(study, spec), "sweep.metric")
     preflight(study, spec)
+    check_comparisons(study, spec)
     check_resources(spec, address)
+
+
+def point_values(study: Study, spec: Spec, point: dict) -> dict[str, Any]:
+    """A grid point's trial parameters as comparisons select them: the resolved (derived)
+    values a trial logs, and the arm's name."""
+    params = resolve_params(spec, study.Params, {k: v for k, v in point.items() if k != "arm"})
+    return {**point, **params.model_dump()}
+
+
+def points_of(study: Study, spec: Spec, compares: list[Compare]) -> list[dict]:
+    """The grid points whose trials are in arm a or b of any of `compares`."""
+    return [
+        point for point in grid_points(spec)
+        if any(c.side(point_values(study, spec, point)) for c in compares)
+    ]  # fmt: skip
+
+
+def _default_data(study: Study) -> bool:
+    """Whether the study's data is the spec's data section, split by the platform."""
+    return type(study).prepare_data is Study.prepare_data
+
+
+def check_comparisons(study: Study, spec: Spec) -> None:
+    """Each arm of a deciding comparison is one grid point: with another grid dimension (a
+    width, say) an arm would have two trials per seed, which cannot be paired, and the
+    platform would find out only when judging, after every trial ran."""
+    compares = study.comparisons(spec)
+    if compares and not spec.data.test_fraction and _default_data(study):
+        raise SpecError(
+            f"data.test_fraction: 0 leaves no test split, and the comparisons judge "
+            f"{study.report_metric} on it; give e.g. 0.2"
+        )
+    if compares and spec.sweep.num_samples > 1:
+        raise SpecError(
+            f"sweep.num_samples: {spec.sweep.num_samples} samples give each arm of a comparison "
+            "several trials per seed; sample once and repeat with sweep.seeds"
+        )
+    points = [point_values(study, spec, p) for p in grid_points(spec)]
+    for c in compares:
+        for side, where in (("a", c.a), ("b", c.b)):
+            n = sum(c.side(values) == side for values in points)
+            if n > 1:
+                raise SpecError(
+                    f"sweep: comparison {c.name!r} needs one grid point per arm, but its arm "
+                    f"{side} ({dict(where)}) matches {n}; sweep only the dimensions the study "
+                    "compares and set the others in `train`"
+                )
 
 
 def selection_metric(study: Study, spec: Spec) -> str:
     """What Tune optimises and the champion is chosen by: sweep.metric, else the study's."""
     return spec.sweep.metric or study.metric
+
+
+def selection_mode(study: Study, spec: Spec) -> str:
+    """Whether the selection metric is maximised or minimised: sweep.mode, else the study's."""
+    return spec.sweep.mode or study.mode
 
 
 def sampled_dims(spec: Spec) -> dict[str, Dim]:
@@ -101,9 +156,12 @@ def _comparison_lines(study: Study, spec: Spec, looks: tuple[int, ...]) -> list[
         lines.append(f"  {c.name}: {dict(c.a)} vs {dict(c.b)}, {c.question}{margin}")
     if len(looks) > 1:
         levels = ", ".join(f"{n}: {a:.3g}" for n, a in zip(looks, look_levels(looks)))
+        deciding = points_of(study, spec, [c for c in compares if c.deciding])
+        most = len(grid_points(spec)) * looks[0] + len(deciding) * (looks[-1] - looks[0])
         lines.append(
             f"seeds until decided: looks at {', '.join(map(str, looks))} seeds, up to "
-            f"{len(grid_points(spec)) * looks[-1] * spec.sweep.num_samples} trials; level per "
-            f"look (O'Brien-Fleming-shaped, overall {ALPHA:g}): {levels}"
+            f"{most * spec.sweep.num_samples} trials (more seeds only for the "
+            f"{len(deciding)} grid points of undecided comparisons); level per look "
+            f"(O'Brien-Fleming-shaped, overall {ALPHA:g}): {levels}"
         )
     return lines

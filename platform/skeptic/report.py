@@ -8,7 +8,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from skeptic.stats import Judged, Question
+from skeptic.stats import Judged, Question, margin_text
 from skeptic.study import Study, Verdict
 
 FOREST = "comparisons"  # the forest plot's file stem
@@ -46,7 +46,7 @@ def comparison_rows(judged: list[Judged], split: str) -> list[dict[str, Any]]:
         c, e = j.compare, j.estimate
         rows.append({
             "comparison": c.name, "a": _where(c.a), "b": _where(c.b),
-            "question": c.question + (f" +-{c.margin:g}" if c.question != Question.SUPERIORITY else ""),
+            "question": c.question + margin_text(c) + ("" if c.deciding else " (reported)"),
             f"b - a ({split})": e.diff if e else "", "95% CI": f"[{e.ci_low:+.4g}, {e.ci_high:+.4g}]" if e else "",
             "n a/b": f"{e.n_a}/{e.n_b}" if e else "", "paired": ("by " + str(c.paired_by)) if e and e.paired else "no",
             "p (Holm)": j.p_adjusted, "level": j.level, "decision": j.decision,
@@ -68,15 +68,20 @@ def forest_plot(judged: list[Judged], split: str) -> Any:
     shown = [j for j in judged if j.estimate is not None]
     fig, ax = plt.subplots(figsize=(7, 0.6 * max(len(shown), 1) + 1.2))
     for y, j in enumerate(reversed(shown)):
-        e, m = j.estimate, j.compare.margin
-        if m > 0:
-            ax.fill_betweenx([y - 0.35, y + 0.35], -m, m, color="#cde", zorder=0)
+        e, c = j.estimate, j.compare
+        if c.question == Question.EQUIVALENCE:
+            ax.fill_betweenx([y - 0.35, y + 0.35], -c.margin, c.margin, color="#cde", zorder=0)
+        elif c.question == Question.NON_INFERIORITY:  # the worst b may be: one side only
+            bound = -c.margin if c.higher_is_better else c.margin
+            ax.plot([bound, bound], [y - 0.35, y + 0.35], color="#c33", lw=2)
         ax.errorbar(e.diff, y, xerr=[[e.diff - e.ci_low], [e.ci_high - e.diff]], fmt="o",
                     color="black", capsize=4)  # fmt: skip
     ax.axvline(0, color="grey", lw=1, ls="--")
     ax.set_yticks(range(len(shown)))
     ax.set_yticklabels([f"{j.compare.name}: {j.decision}" for j in reversed(shown)])
-    ax.set_xlabel(f"b - a, {split} metric (95% CI); shaded: +-margin")
+    ax.set_xlabel(
+        f"b - a, {split} metric (95% CI); shaded: equivalence margin; red: non-inferiority bound"
+    )
     fig.tight_layout()
     return fig
 

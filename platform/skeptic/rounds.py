@@ -17,11 +17,11 @@ from ray import tune
 
 from skeptic import tracking
 from skeptic.interrupt import StopOnSignal
-from skeptic.planning import swept_names
+from skeptic.planning import point_values, points_of, swept_names
 from skeptic.record import SweepRecord
 from skeptic.results import check_judgeable, collect
 from skeptic.schema import Tag
-from skeptic.spec import Spec, grid_points, resolve_params, seed_looks, seed_values
+from skeptic.spec import Spec, grid_points, seed_looks, seed_values
 from skeptic.stages import StageResults, StageSetup, run_stages
 from skeptic.stats import Compare, Decision, Judged, judge, look_levels
 from skeptic.study import Study, TrialResult
@@ -58,30 +58,45 @@ def run_rounds(
     levels = look_levels(looks)
     tracking.log_looks(client, record.parent_run_id, looks, levels)
     compares = sweep.study.comparisons(spec)
-    plannable = {c.name for c in compares if _both_arms_planned(sweep.study, spec, c)}
     for look in range(len(looks)):
-        open_ = [c for c in compares if c.name not in sweep.decided]
-        run = _round(sweep, look, looks, open_)
+        run = _round(sweep, look, looks, _open(sweep, compares, deciding_only=True))
         sweep.planned += run.trials * spec.sweep.num_samples
         grid = _results(sweep, run, look, verbose, resuming, stop, seconds)
         if grid is None:
             return False
         check_judgeable(grid, client, record, run.trials * spec.sweep.num_samples)
         sweep.collected += collect(grid, client, record)
-        final = look == len(looks) - 1
-        results = [t for t, _ in sweep.collected]
-        judged = judge(open_, results, sweep.study.report_metric, levels[look], final)
-        sweep.decided.update({
-            j.compare.name: j for j in judged
-            # more seeds cannot decide a comparison with an arm the sweep does not run
-            if final or j.decision != Decision.UNDECIDED or j.compare.name not in plannable
-        })  # fmt: skip
+        judged = _judge_look(sweep, compares, levels[look], final=look == len(looks) - 1)
         tracking.log_look(client, record.parent_run_id, look, looks[look], judged)
         record.round = look + 1
         record.save()
-        if len(sweep.decided) == len(compares):
+        if not _open(sweep, compares, deciding_only=True):
             break
     return True
+
+
+def _open(sweep: Sweep, compares: list[Compare], deciding_only: bool) -> list[Compare]:
+    """The comparisons still to judge: undecided deciding ones, and (unless
+    `deciding_only`) every reported one, judged again as seeds come."""
+    return [
+        c for c in compares
+        if (c.deciding and c.name not in sweep.decided) or (not c.deciding and not deciding_only)
+    ]  # fmt: skip
+
+
+def _judge_look(sweep: Sweep, compares: list[Compare], level: float, final: bool) -> list[Judged]:
+    """Judge the open comparisons at this look's level; a deciding one stays decided from
+    the look that decided it (or that cannot be decided: an arm the sweep does not run)."""
+    study, spec = sweep.study, sweep.spec
+    results = [t for t, _ in sweep.collected]
+    judged = judge(_open(sweep, compares, deciding_only=False), results, study.report_metric,
+                   level, final)  # fmt: skip
+    for j in judged:
+        c = j.compare
+        settled = j.decision != Decision.UNDECIDED or not _both_arms_planned(study, spec, c)
+        if final or not c.deciding or settled:
+            sweep.decided[c.name] = j
+    return judged
 
 
 def _round(sweep: Sweep, look: int, looks: tuple[int, ...], open_: list[Compare]) -> Round:
@@ -101,16 +116,7 @@ def _both_arms_planned(study: Study, spec: Spec, compare: Compare) -> bool:
 
 
 def _point_side(study: Study, spec: Spec, point: dict, compare: Compare) -> str | None:
-    params = resolve_params(spec, study.Params, {k: v for k, v in point.items() if k != "arm"})
-    return compare.side({**params.model_dump(), **point})
-
-
-def points_of(study: Study, spec: Spec, compares: list[Compare]) -> list[dict]:
-    """The grid points whose trials are in arm a or b of any of `compares`."""
-    return [
-        point for point in grid_points(spec)
-        if any(_point_side(study, spec, point, c) for c in compares)
-    ]  # fmt: skip
+    return compare.side(point_values(study, spec, point))
 
 
 def _results(

@@ -27,7 +27,7 @@ from skeptic.champion import Registration, best_trial, register_best, registered
 from skeptic.connect import init_ray
 from skeptic.data import data_hash
 from skeptic.interrupt import Interrupted, StopOnSignal
-from skeptic.planning import check_before_start
+from skeptic.planning import check_before_start, selection_metric, selection_mode
 from skeptic.record import SweepRecord, sweep_folder
 from skeptic.report import write_report
 from skeptic.results import count_ended
@@ -185,7 +185,8 @@ def _conclude(sweep: Sweep, client: MlflowClient, register: str, phases: Phases)
         report = _report(study, verdict, record, client, len(results))
         tracking.log_decisions(client, record.parent_run_id, sweep.judged)
     with phases.timed("register"):
-        registration = _register(study, record, client, sweep.collected, verdict, register)
+        chosen = (selection_metric(study, sweep.spec), selection_mode(study, sweep.spec))
+        registration = _register(study, record, client, sweep.collected, verdict, register, chosen)
     parent = record.parent_run_id
     return SweepOutcome(study.name, record.sweep_id, parent, verdict, report, results, registration)
 
@@ -218,15 +219,18 @@ def _report(
 def _register(
     study: Study, record: SweepRecord, client: MlflowClient,
     collected: list[tuple[TrialResult, Any]], verdict: Verdict, policy: str,
+    chosen: tuple[str, str],
 ) -> Registration | None:  # fmt: skip
-    """Register the best trial, once per sweep (a resumed sweep is judged again)."""
-    best = best_trial(study, collected)
+    """Register the best trial by the selection metric and mode (`chosen`), once per sweep
+    (a resumed sweep is judged again)."""
+    metric, mode = chosen
+    best = best_trial(study, collected, metric, mode)
     if best is None:
         return None
     tags = client.get_run(record.parent_run_id).data.tags
     if tags.get(Tag.CHAMPION_RUN_ID) == best[0].run_id:
         return registered_before(study, tags[Tag.CHAMPION_VERSION])
-    registration = register_best(study, best, record.sweep_id, verdict, policy)
+    registration = register_best(study, best, record.sweep_id, verdict, policy, metric, mode)
     client.set_tag(record.parent_run_id, Tag.CHAMPION_VERSION, registration.version)
     client.set_tag(record.parent_run_id, Tag.CHAMPION_RUN_ID, best[0].run_id)
     return registration

@@ -127,6 +127,7 @@ class Sweep(_Strict):
     # what Tune optimises and the champion is chosen by (default: the study's metric);
     # a validation metric: test data are for the numbers the verdict reports
     metric: str | None = None
+    mode: Literal["min", "max"] | None = None  # of sweep.metric (default: the study's)
     # numpy seeds (np.random.default_rng, SeedSequence) must be non-negative
     base_seed: int = Field(0, ge=0, le=MAX_SEED)
     num_samples: int = Field(1, ge=1)

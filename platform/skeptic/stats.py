@@ -66,6 +66,9 @@ class Compare:
     metric: str | None = None
     paired_by: str | None = "seed"
     higher_is_better: bool = True
+    # False: reported beside the deciding ones, in a Holm family of its own, and it does not
+    # make the seed rule add seeds (e.g. a second claim of the paper the label ignores)
+    deciding: bool = True
 
     def __post_init__(self) -> None:
         if not self.name.replace("_", "").replace("-", "").isalnum():
@@ -79,6 +82,15 @@ class Compare:
             if all(_same(params.get(k), v) for k, v in where.items()):
                 return side
         return None
+
+
+def margin_text(c: Compare) -> str:
+    """The margin as the question uses it: one-sided for non-inferiority."""
+    if c.question == Question.EQUIVALENCE:
+        return f" within +-{c.margin:g}"
+    if c.question == Question.NON_INFERIORITY:
+        return f" (margin {c.margin:g})"
+    return ""
 
 
 def _same(value: Any, wanted: Any) -> bool:
@@ -119,10 +131,9 @@ class Judged:
         if e is None:
             return f"{c.name}: {self.decision} ({self.hint})"
         how = "paired by " + str(c.paired_by) if e.paired else "Welch, unpaired"
-        margin = f", margin +-{c.margin:g}" if c.question != Question.SUPERIORITY else ""
         return (
             f"{c.name}: b - a = {e.diff:+.4g} [95% CI {e.ci_low:+.4g}, {e.ci_high:+.4g}], "
-            f"n = {e.n_a}/{e.n_b} ({how}), {c.question}{margin}: p = {self.p:.3g} "
+            f"n = {e.n_a}/{e.n_b} ({how}), {c.question}{margin_text(c)}: p = {self.p:.3g} "
             f"(Holm {self.p_adjusted:.3g} vs {self.level:.3g}) -> {self.decision}"
             + (f"; {self.hint}" if self.hint else "")
         )
@@ -222,17 +233,27 @@ def judge(
     for c in compares:
         a, b = arm_values(c, results, c.metric or metric)
         if min(len(a), len(b)) < 2:
-            rows.append((c, None, 1.0, (a, b)))
+            rows.append((c, None, 1.0))
             continue
         est = estimate(a, b, c.paired_by)
-        rows.append((c, est, p_value(c, a, b, est.paired), (a, b)))
-    adjusted = holm([p for _, _, p, _ in rows])
+        rows.append((c, est, p_value(c, a, b, est.paired)))
+    adjusted = _holm_per_family(rows)
     out = []
-    for (c, est, p, _), p_adj in zip(rows, adjusted):
+    for (c, est, p), p_adj in zip(rows, adjusted):
         decision = _decide(c, est, p_adj, level)
         hint = _hint(c, est, level) if final and decision == Decision.UNDECIDED else ""
         out.append(Judged(c, est, p, p_adj, level, decision, hint))
     return out
+
+
+def _holm_per_family(rows: list[tuple[Compare, Estimate | None, float]]) -> list[float]:
+    """Holm within the deciding comparisons, and within the reported ones apart."""
+    adjusted = [1.0] * len(rows)
+    for deciding in (True, False):
+        family = [i for i, (c, _, _) in enumerate(rows) if c.deciding == deciding]
+        for i, p in zip(family, holm([rows[i][2] for i in family])):
+            adjusted[i] = p
+    return adjusted
 
 
 def _decide(c: Compare, est: Estimate | None, p_adjusted: float, level: float) -> Decision:
@@ -263,11 +284,17 @@ def _hint(c: Compare, est: Estimate | None, level: float) -> str:
     elif c.question == Question.NON_INFERIORITY:
         effect, alternative = toward + c.margin, "larger"
         if effect <= 0:
-            return f"b looks worse than a by more than the margin ({c.margin:g}): more seeds will not show non-inferiority"
+            return (
+                f"the estimate is worse than the margin ({c.margin:g}): more seeds are unlikely "
+                "to show non-inferiority"
+            )
     else:
         effect, alternative = c.margin - abs(est.diff), "larger"
         if effect <= 0:
-            return f"the difference looks as large as the margin ({c.margin:g}): more seeds will not show equivalence"
+            return (
+                f"the estimate is as large as the margin ({c.margin:g}): more seeds are unlikely "
+                "to show equivalence"
+            )
     if effect / est.sd < 0.02:
         return "no visible effect: seeds alone will not decide it"
     n = seeds_needed(effect / est.sd, level, est.paired, alternative)
@@ -339,8 +366,3 @@ def summarize(values: list[float]) -> dict[str, float]:
     arr = np.asarray(values, dtype=float)
     std = float(arr.std(ddof=1)) if len(arr) > 1 else float("nan")
     return {"mean": float(arr.mean()), "std": std, "n": len(arr)}
-
-
-def diff_se(a: dict[str, float], b: dict[str, float]) -> float:
-    """Standard error of mean(b) - mean(a) for two independent summaries."""
-    return math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])

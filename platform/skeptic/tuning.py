@@ -11,7 +11,13 @@ from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
-from skeptic.planning import param_space, sampled_dims, selection_metric, tune_dim
+from skeptic.planning import (
+    param_space,
+    sampled_dims,
+    selection_metric,
+    selection_mode,
+    tune_dim,
+)
 from skeptic.progress import Progress
 from skeptic.spec import Spec
 from skeptic.study import Study
@@ -71,7 +77,7 @@ def make_tuner(
     if not verbose:
         _quiet_tune()
         total = run.trials * spec.sweep.num_samples
-        callbacks.append(Progress(total, selection_metric(study, spec), study.mode, run.label))
+        callbacks.append(Progress(total, selection_metric(study, spec), selection_mode(study, spec), run.label))
     if restore:
         return tune.Tuner.restore(str(run.folder), trainable, resume_errored=True)
     return tune.Tuner(
@@ -79,7 +85,7 @@ def make_tuner(
         param_space=param_space(spec, run.points, run.seeds),
         tune_config=tune.TuneConfig(
             metric=selection_metric(study, spec),
-            mode=study.mode,
+            mode=selection_mode(study, spec),
             num_samples=spec.sweep.num_samples,
             scheduler=scheduler(spec),
             max_concurrent_trials=spec.sweep.max_concurrent_trials,

@@ -1,0 +1,233 @@
+"""What the pruning report shows besides its deciding comparisons: every arm's numbers (test
+accuracy, the verdict's split; validation beside it, what every choice saw), the lottery
+ticket comparisons grouped by lr, the speed of the pruned architectures, the paper's
+numbers beside ours, and two plots. Nothing here decides anything: Scratch-E is described by
+its mean, not tested."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from jobs.pruning import models
+from jobs.pruning.prune import count_flops, count_params, latency_pair_ms, structured_prune
+from jobs.pruning.verdict import TICKET
+from skeptic.api import Evidence, Judged, TrialResult, summarize
+
+STRUCTURED = ["fine_tuned", "scratch_e", "scratch_b"]
+ORDER = [*STRUCTURED, "ticket_lr0.1", "random_lr0.1", "ticket_lr0.01", "random_lr0.01"]
+CEILING = 0.995  # both arms this close to 100%: a match there says little about the claim
+PAPER_NOTE = """### For comparison: the paper at full scale
+
+Liu et al. 2019, CIFAR-10, L1-norm filter pruning (Li et al. 2017), mean of 5 runs, test
+accuracy %, fine-tuned / Scratch-E / Scratch-B: VGG-16-A 93.41 / 93.62 / 93.78; ResNet-56-B
+92.67 / 92.54 / 93.05; ResNet-110-B 92.69 / 92.89 / 93.60. With the usual lr (0.1) a
+winning-ticket init did no better than a random one; Frankle & Carbin's advantage showed only
+at the small lr (0.01).
+"""
+SCALE_NOTE = """### What this scale can and cannot decide
+
+A width-16 VGG on a few thousand generated 16x16 images, trained a few epochs: every arm is
+short of convergence, where Scratch-B's longer budget counts for more than at the paper's 160
+epochs, so a Scratch-B advantage here may be larger than the paper's; a 400-image test split
+resolves 0.25 pp. The comparisons and the table's `test_acc` come from the test split, which
+no choice saw (the baseline stage and every arm are measured on it alike); `val_acc` is what
+Tune and the champion choice saw.
+"""
+
+
+def group(results: list[TrialResult], metric: str) -> dict[tuple[str, float], list[TrialResult]]:
+    """Finished trials by (arm, ratio)."""
+    groups: dict[tuple[str, float], list[TrialResult]] = defaultdict(list)
+    for r in results:
+        if r.outcome != "failed" and metric in r.final:
+            arm = r.params.get("arm", r.params.get("method", "?"))
+            groups[(arm, float(r.params["ratio"]))].append(r)
+    return groups
+
+
+def _rank(arm: str) -> tuple[int, str]:
+    return (ORDER.index(arm) if arm in ORDER else len(ORDER), arm)
+
+
+def _lr(trial: TrialResult) -> float:
+    p = trial.params
+    by_method = {"fine_tuned": "finetune_lr", "ticket": "retrain_lr", "random": "retrain_lr"}
+    return p.get(by_method.get(p.get("method"), "lr"))
+
+
+def _mean_pct(trials: list[TrialResult], key: str) -> float:
+    return round(100 * float(np.mean([t.final.get(key, np.nan) for t in trials])), 2)
+
+
+def table(groups: dict[tuple[str, float], list[TrialResult]], metric: str) -> list[dict[str, Any]]:
+    """One row per arm and ratio, every accuracy labelled with its split."""
+    rows = []
+    for (arm, ratio), trials in sorted(groups.items(), key=lambda kv: (kv[0][1], _rank(kv[0][0]))):
+        s, last = summarize([t.final[metric] for t in trials]), trials[0].final
+        rows.append({
+            "arm": arm, "ratio": ratio, "lr": _lr(trials[0]), "epochs": int(last.get("epochs_total", 0)),
+            f"{metric} %": round(100 * s["mean"], 2), f"{metric} sd (pp)": round(100 * s["std"], 2),
+            "seeds": s["n"], "val_acc %": _mean_pct(trials, "val_acc"),
+            "params": int(last.get("nonzero_weights", last.get("params", 0))),
+            "MFLOPs": round(last.get("flops", 0) / 1e6, 3),
+            f"baseline {metric} %": _mean_pct(trials, f"baseline_{metric}"),
+        })  # fmt: skip
+    return rows
+
+
+def _per_ratio(stats: dict[tuple[str, float], dict], arm: str) -> dict[float, dict]:
+    return {ratio: s for (a, ratio), s in stats.items() if a == arm}
+
+
+def _fmt(ratios: list[float]) -> str:
+    return ", ".join(f"{r:g}" for r in ratios)
+
+
+def ticket_lines(judged: list[Judged]) -> list[str]:
+    """The ticket comparisons' decisions, one line per lr (the platform judged them)."""
+    by_lr: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for j in judged:
+        if j.compare.name.startswith(TICKET + "_"):
+            lr = str(j.compare.b["arm"]).split("_lr", 1)[-1]
+            word = {"b better": "ticket better", "a better": "random better"}.get(j.decision, j.decision)
+            by_lr[lr][word].append(float(j.compare.b["ratio"]))
+    return [
+        f"Lottery ticket vs random init, lr {lr} (reported, not counted): "
+        + "; ".join(f"{word} at {_fmt(ratios)}" for word, ratios in words.items()) + "."
+        for lr, words in sorted(by_lr.items())
+    ]
+
+
+def scratch_e_lines(stats: dict[tuple[str, float], dict], split: str) -> list[str]:
+    """Scratch-E against fine-tuned, by mean only (not a deciding comparison)."""
+    ft, se = _per_ratio(stats, "fine_tuned"), _per_ratio(stats, "scratch_e")
+    diffs = [f"{r:g}: {100 * (se[r]['mean'] - ft[r]['mean']):+.2f} pp" for r in sorted(set(ft) & set(se))]
+    if not diffs:
+        return []
+    return [f"Scratch-E - fine-tuned, mean {split} accuracy (described, not tested): {'; '.join(diffs)}."]
+
+
+def ceiling_lines(stats: dict[tuple[str, float], dict]) -> list[str]:
+    """Ratios where fine-tuned and Scratch-B both reach the ceiling: a match there is weak
+    evidence (the data are too easy to tell the methods apart)."""
+    ft, sb = _per_ratio(stats, "fine_tuned"), _per_ratio(stats, "scratch_b")
+    at = [r for r in sorted(set(ft) & set(sb)) if min(ft[r]["mean"], sb[r]["mean"]) >= CEILING]
+    if not at:
+        return []
+    line = (
+        f"At ratio {_fmt(at)} both fine-tuned and Scratch-B average >= {100 * CEILING:g}%: "
+        "a match there says little; harder data would."
+    )
+    return [line]
+
+
+def speed_rows(width: int, input_shape: list[int], ratios: list[float]) -> list[dict[str, Any]]:
+    """Params, FLOPs and measured CPU latency (1 thread, batches 1 and 64, each pruned model
+    timed interleaved with the unpruned one) of the structured-pruned architectures (the
+    speed of an architecture does not depend on its weights)."""
+    config = models.model_config(models.base_channels(width), input_shape, list("0123456789"))
+    torch.manual_seed(0)
+    full = models.build(config)
+    flops_full = count_flops(full, input_shape)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    unpruned = {
+        "ratio": 0.0, "channels": str(models.channels_of(full)), "params": count_params(full),
+        "MFLOPs": round(flops_full / 1e6, 3), "FLOPs ratio": 1.0,
+    }  # fmt: skip
+    try:
+        return [unpruned] + [_speed(r, full, flops_full, input_shape) for r in ratios]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _speed(ratio: float, full: torch.nn.Module, flops_full: int, shape: list[int]) -> dict[str, Any]:
+    net = structured_prune(full, shape, ratio)
+    flops = count_flops(net, shape)
+    full1, pruned1 = latency_pair_ms(full, net, shape, 1, repeats=30)
+    full64, pruned64 = latency_pair_ms(full, net, shape, 64, repeats=10)
+    return {
+        "ratio": ratio, "channels": str(models.channels_of(net)), "params": count_params(net),
+        "MFLOPs": round(flops / 1e6, 3), "FLOPs ratio": round(flops_full / flops, 2),
+        "ms b1 (unpruned)": f"{pruned1:.3f} ({full1:.3f})",
+        "latency ratio b1": round(full1 / pruned1, 2),
+        "ms b64 (unpruned)": f"{pruned64:.2f} ({full64:.2f})",
+        "latency ratio b64": round(full64 / pruned64, 2),
+    }  # fmt: skip
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    head = list(dict.fromkeys(k for row in rows for k in row))
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(r.get(k, "-")) for k in head) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def plot(stats: dict, arms: list[str], baseline: float, title: str, split: str) -> Any:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colours: dict[str, str] = {}
+    for arm in arms:
+        per = _per_ratio(stats, arm)
+        xs = sorted(per)
+        ys = [100 * per[r]["mean"] for r in xs]
+        err = [100 * np.nan_to_num(per[r]["std"]) for r in xs]
+        # ticket / random pairs share a colour per lr: random dashed, ticket solid
+        lr = arm.split("_lr", 1)[-1] if "_lr" in arm else arm
+        style = "--" if arm.startswith("random") else "-"
+        line = ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, ls=style, label=arm,
+                           color=colours.get(lr))  # fmt: skip
+        colours.setdefault(lr, line[0].get_color())
+    if not math.isnan(baseline):
+        ax.axhline(100 * baseline, color="k", lw=1, ls=":", label="unpruned baseline")
+    ax.set_xlabel("pruning ratio")
+    ax.set_ylabel(f"final {split} accuracy (%), mean ± sd over seeds")
+    ax.set_title(title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    return fig
+
+
+def evidence(
+    results: list[TrialResult], metric: str, judged: list[Judged], input_shape: list[int]
+) -> Evidence:
+    """The table, the ticket and Scratch-E lines, the plots, the speed table and the notes."""
+    split = metric.split("_", 1)[0]
+    groups = group(results, metric)
+    notes = f"{PAPER_NOTE}\n{SCALE_NOTE}"
+    if not groups:
+        return Evidence("No trial finished.", details=notes)
+    stats = {key: summarize([t.final[metric] for t in ts]) for key, ts in groups.items()}
+    finals = [t.final for ts in groups.values() for t in ts]
+    baseline = float(np.mean([f.get(f"baseline_{metric}", np.nan) for f in finals]))
+    lines = [*ticket_lines(judged), *scratch_e_lines(stats, split), *ceiling_lines(stats),
+             f"Unpruned baseline: {100 * baseline:.2f}% {split} accuracy (mean over its seeds)."]  # fmt: skip
+    figures = {
+        "accuracy_vs_ratio": plot(
+            stats, [a for a in STRUCTURED if _per_ratio(stats, a)], baseline,
+            "Structured pruning: fine-tuned vs from scratch", split,
+        ),
+        "ticket_vs_random": plot(
+            stats, sorted({a for a, _ in stats if a not in STRUCTURED}, key=_rank), baseline,
+            "Unstructured pruning: winning-ticket vs random init (random dashed)", split,
+        ),
+    }  # fmt: skip
+    width = int(next(iter(groups.values()))[0].params.get("width", 16))
+    speed = speed_rows(width, input_shape, sorted({r for _, r in groups}))
+    details = (
+        "### Speed of the structured-pruned architectures (measured in the verdict, CPU, 1 thread)\n\n"
+        "Each pruned model is timed interleaved with the unpruned one (first row); the unpruned\n"
+        "time is in brackets; medians of 30 (batch 1) and 10 (batch 64) runs.\n\n"
+        f"{markdown_table(speed)}\n\n{notes}"
+    )
+    return Evidence("\n".join(lines), table(groups, metric), figures, details)
