@@ -91,12 +91,15 @@ def write_report(
 ) -> Path:
     """Write report.md, report.html and one PNG per figure (the forest plot first) into
     `folder`; return report.md."""
+    import matplotlib.pyplot as plt
+
     folder.mkdir(parents=True, exist_ok=True)
     split = split_of(study.report_metric)
     figures = {FOREST: forest_plot(verdict.comparisons, split), **verdict.figures}
     images = []
     for stem, figure in figures.items():
         figure.savefig(folder / f"{stem}.png", dpi=120, bbox_inches="tight")
+        plt.close(figure)  # pyplot keeps every figure alive until closed
         images.append(f"{stem}.png")
     title = f"{study.name}: the belief {verdict.label.upper()}"
     facts_md = "\n".join(f"- **{k}**: {_fmt(v)}" for k, v in facts.items())
