@@ -311,7 +311,10 @@ def test_smoke_sweep_runs_end_to_end(name, smoke_sweep):
     ]  # fmt: skip
     assert len(trials) == count_trials(spec_of(study, smoke=True))
     assert all(t.data.tags.get(Tag.OUTCOME) in ENDED for t in trials)
-    assert len(list((folder / "runs" / name).glob("*/report/report.md"))) == 1
+    (report,) = (folder / "runs" / name).glob("*/report/report.md")
+    text = report.read_text()
+    assert "- **tracking**: sqlite:///mlflow.db" in text  # relative: no path of this machine
+    assert "## The paper beside this run" in text and "| direction agrees |" in text
     champion = client.get_model_version_by_alias(name, "champion")
     assert champion.tags.get(Tag.METRIC) == study.metric
     assert champion.run_id in {t.info.run_id for t in trials}

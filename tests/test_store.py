@@ -23,6 +23,16 @@ def _flaky(*sets: str) -> list[str]:
     return args
 
 
+def test_a_report_shows_the_store_without_this_machines_paths(tmp_path, monkeypatch):
+    from skeptic.store import shown_uri
+
+    monkeypatch.chdir(tmp_path)
+    assert shown_uri(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}") == "sqlite:///runs/mlflow.db"
+    assert shown_uri("sqlite:////elsewhere/deep/mlflow.db") == "sqlite:///.../mlflow.db"
+    assert shown_uri("https://user:secret@mlflow.example:5000") == "https://mlflow.example:5000"
+    assert shown_uri("databricks") == "databricks"
+
+
 def test_two_sweeps_at_once_into_a_new_sqlite_store_both_succeed(tmp_path):
     uri = f"sqlite:///{tmp_path / 'fresh.db'}"
     procs = [

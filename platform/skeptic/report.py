@@ -110,6 +110,7 @@ def write_report(
         f"## Verdict: {verdict.label}\n\n{verdict.summary}\n\n"
         f"## Deciding comparisons\n\nNumbers on the **{split}** split; choices (learning rates, "
         f"epochs, the champion) were made on validation data.\n\n{compared}\n{why}\n"
+        + (f"## The paper beside this run\n\n{markdown_table(verdict.paper)}\n" if verdict.paper else "")
         + "".join(f"![{s}]({s})\n\n" for s in images)
         + (f"## Numbers\n\n{markdown_table(verdict.table)}\n" if verdict.table else "")
         + (f"{verdict.details}\n\n" if verdict.details else "")
@@ -125,6 +126,7 @@ def write_report(
         f"<h2>Verdict: {verdict.label}</h2><pre>{html.escape(verdict.summary)}</pre>"
         f"<h2>Deciding comparisons ({split} split)</h2>"
         f"{_html_table(comparison_rows(verdict.comparisons, split))}"
+        + (f"<h2>The paper beside this run</h2>{_html_table(verdict.paper)}" if verdict.paper else "")
         + "".join(f'<img src="{s}" style="max-width:100%">' for s in images)
         + f"<h2>Numbers</h2>{_html_table(verdict.table)}<pre>{html.escape(verdict.details)}</pre>"
         f"<h2>Run</h2><pre>{html.escape(facts_md)}\n\n{html.escape(command)}</pre>"

@@ -197,7 +197,7 @@ def _verdict(study: Study, spec: Spec, results: list[TrialResult], judged: list[
     evidence = study.evidence(results, spec, judged)
     summary = "\n".join([reason, *(j.line() for j in judged), evidence.summary]).strip()
     return Verdict(
-        held, summary, evidence.table, evidence.figures, evidence.details, judged
+        held, summary, evidence.table, evidence.figures, evidence.details, judged, evidence.paper
     )
 
 
@@ -206,7 +206,7 @@ def _report(
 ) -> Path:
     parent = record.parent_run_id
     facts = {
-        "sweep": record.sweep_id, "trials": n_trials, "tracking": record.tracking_uri,
+        "sweep": record.sweep_id, "trials": n_trials, "tracking": store.shown_uri(record.tracking_uri),
         "parent run": parent, "git commit": client.get_run(parent).data.tags.get(Tag.GIT_COMMIT),
     }  # fmt: skip
     report = write_report(study, verdict, Path(record.folder) / "report", facts, record.command)

@@ -33,6 +33,20 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri
 
 
+def shown_uri(uri: str) -> str:
+    """The tracking URI as a report may show it: a local store relative to the working
+    directory (or by file name alone outside it), a server without its credentials; a
+    report never carries the paths of the machine that wrote it."""
+    db = sqlite_path(uri)
+    if db is not None:
+        try:
+            return f"sqlite:///{db.relative_to(Path.cwd().resolve())}"
+        except ValueError:
+            return f"sqlite:///.../{db.name}"
+    scheme, sep, rest = uri.partition("://")
+    return f"{scheme}{sep}{rest.split('@', 1)[-1]}" if sep else uri
+
+
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a SQLite tracking URI, else None."""
     if not uri.startswith("sqlite:///"):

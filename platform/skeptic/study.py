@@ -73,6 +73,9 @@ class Evidence:
     table: list[dict[str, Any]] = field(default_factory=list)
     figures: dict[str, Any] = field(default_factory=dict)  # file stem -> matplotlib Figure
     details: str = ""  # extra Markdown for the report
+    # the paper's numbers beside ours, one row per quantity: {"quantity", "paper", "ours",
+    # "direction agrees" (yes / no / undecided), "note"}
+    paper: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -86,6 +89,7 @@ class Verdict:
     figures: dict[str, Any] = field(default_factory=dict)  # file stem -> matplotlib Figure
     details: str = ""  # extra Markdown for the report
     comparisons: list[Judged] = field(default_factory=list)
+    paper: list[dict[str, Any]] = field(default_factory=list)  # Evidence.paper
 
     @property
     def label(self) -> str:
