@@ -1,9 +1,14 @@
-"""Study few_shot: the k-shot sampler, the target scenarios, the SFUDA losses, which parts
-each fine-tuning variant tunes, the stages by hand, the ImageFolder domain path, the decision
-rule on hand-made results (through skeptic.stats.judge, as a sweep judges), and
-`skeptic run few_shot --smoke` end to end on a real local Ray into a temporary MLflow store."""
+"""Study few_shot: the k-shot sampler, the target scenarios, the per-class accuracy, the SFUDA
+losses and SHOT's pseudo-labels, SAM and the reference's checks, which parts each variant
+tunes (and that a frozen backbone stays frozen), the stages by hand, the ImageFolder domain
+path, the decision rule on hand-made results (through skeptic.stats.judge, as a sweep
+judges), and `skeptic run few_shot --smoke` end to end on a real local Ray into a temporary
+MLflow store."""
 
 from __future__ import annotations
+
+import contextlib
+import dataclasses
 
 import numpy as np
 import pytest
@@ -12,8 +17,11 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from jobs.few_shot import splits
-from jobs.few_shot.finetune import finetune, tuned_parameters
+from jobs.few_shot.augment import fewshot_train, shot_train, target_train
+from jobs.few_shot.finetune import SAM, finetune, is_check, sam_step, tuned_parameters
+from jobs.few_shot.metrics import mean_class_accuracy
 from jobs.few_shot.sfuda import (
+    HPARAMS,
     aad_loss,
     adapt,
     entropy,
@@ -28,6 +36,7 @@ from skeptic.spec import load_spec
 from skeptic.stages import RunningStage
 from skeptic.stats import Decision
 from skeptic.study import TrialResult
+from skeptic.training import evaluate
 
 CPU = torch.device("cpu")
 
@@ -159,6 +168,36 @@ def test_shot_pseudo_labels_follow_feature_clusters_not_the_noisy_classifier():
     assert (shot_pseudo_labels(feats, logits) == truth).float().mean() > 0.95
 
 
+def test_shot_centroids_are_restricted_to_the_predicted_classes():
+    """SHOT's obtain_label: a class the classifier predicts for no image gets no centroid in
+    the first round, even when its soft centroid would be nearest to some images."""
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.cat([torch.randn(20, 4, generator=gen) * 0.1 + torch.tensor(c)
+                       for c in ([3.0, 0, 0, 0], [0, 3.0, 0, 0])])  # fmt: skip
+    probs = torch.zeros(40, 3)
+    probs[:20, 0] = 1.0
+    probs[20:, 1] = 1.0
+    # five images of the second cluster lean to class 2, the classifier's argmax still 1
+    # there; unrestricted, class 2's centroid sits on them and takes them
+    lean = torch.arange(20, 25)
+    probs[lean] = torch.tensor([0.0, 0.55, 0.45])
+    feats[lean] += torch.tensor([0.0, 0.0, 1.5, 0.0])
+    labels = shot_pseudo_labels(feats, probs.clamp_min(1e-6).log())
+    assert set(labels.tolist()) <= {0, 1}
+    assert (labels[:20] == 0).all() and (labels[20:] == 1).all()
+
+
+def test_mean_class_accuracy_weighs_every_class_alike_on_an_imbalanced_toy():
+    y = torch.tensor([0] * 90 + [1] * 10)
+    always_0 = torch.zeros(100, dtype=torch.long)
+    assert (always_0 == y).float().mean().item() == pytest.approx(0.9)
+    assert mean_class_accuracy(always_0, y) == pytest.approx(0.5)  # (1.0 + 0.0) / 2
+    half_of_1 = y.clone()
+    half_of_1[90:95] = 0
+    assert mean_class_accuracy(half_of_1, y) == pytest.approx(0.75)  # (1.0 + 0.5) / 2
+    assert mean_class_accuracy(torch.tensor([2, 2]), torch.tensor([2, 2])) == 1.0  # present only
+
+
 def test_aad_loss_rewards_agreeing_neighbours_and_dispersed_batches():
     probs = torch.softmax(_confident([0, 1, 2, 3]), 1)
     agree = probs[:, None, :].repeat(1, 3, 1)
@@ -169,16 +208,19 @@ def test_aad_loss_rewards_agreeing_neighbours_and_dispersed_batches():
     assert aad_loss(same, agree, 1.0) > aad_loss(probs, agree, 1.0)  # dispersion term
 
 
-# ---- what each method tunes ------------------------------------------------------------------
+# ---- what each method tunes, SAM and the reference's checks ----------------------------------
+
+
+TINY = {m: dataclasses.replace(HPARAMS[m], batch_size=4, epochs=1) for m in HPARAMS}
 
 
 def _changed(method: str) -> set[str]:
     torch.manual_seed(0)
-    model = SmallCNN(3, 4, 2)
+    model = SmallCNN(3, 4, 2, bottleneck=6)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = torch.rand(8, 3, 8, 8), torch.arange(4).repeat(2)
     if method in ("shot", "aad", "tent"):
-        list(adapt(model, x, method, 3, 3, 4, seed=0))
+        list(adapt(model, x, method, 1, seed=0, cfg=TINY[method]))
     else:
         list(finetune(model, x, y, method, 1e-2, 4, 2, 4, seed=0))
     return {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
@@ -191,15 +233,74 @@ def _learned(method: str) -> set[str]:
 def test_each_variant_tunes_only_its_parts():
     bn_affine = {f"features.{i}.{p}" for i in (1, 5, 9) for p in ("weight", "bias")}
     conv = {f"features.{i}.weight" for i in (0, 4, 8)}
-    head = {"classifier.weight", "classifier.bias"}
+    neck = {f"bottleneck.{i}.{p}" for i in (0, 1) for p in ("weight", "bias")}
+    head = {"classifier.bias"} | {f"classifier.parametrizations.weight.original{i}" for i in (0, 1)}
     assert _changed("lp") == head  # the backbone, BN statistics included, stays the source's
-    assert _learned("bn") == bn_affine
+    assert _learned("bn") == bn_affine  # BatchNorm2d only, as the reference's get_bn_params
     assert _learned("cls_bn") == bn_affine | head
-    assert _learned("ft") == bn_affine | conv | head
-    assert _learned("lp_ft") == bn_affine | conv | head
+    assert _learned("ft") == bn_affine | conv | neck | head
+    assert _learned("lp_ft") == bn_affine | conv | neck | head
     assert _learned("tent") == bn_affine
-    assert _learned("shot") == bn_affine | conv  # the classifier (hypothesis) is frozen
-    assert _learned("aad") == bn_affine | conv
+    assert _learned("shot") == bn_affine | conv | neck  # the classifier (hypothesis) is frozen
+    assert _learned("aad") == bn_affine | conv | neck | head  # AaD trains its classifier
+
+
+def test_a_linear_probe_keeps_the_backbone_frozen_across_evaluations():
+    """The bug this fixes: evaluating at a check (predict sets every submodule back to train
+    mode) let the next LP steps update the frozen backbone's BatchNorm statistics."""
+    torch.manual_seed(0)
+    model = SmallCNN(3, 4, 2, bottleneck=6)
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("classifier")}
+    x, y = torch.rand(8, 3, 8, 8), torch.arange(4).repeat(2)
+    for _ in finetune(model, x, y, "lp", 1e-2, 9, 2, 4, seed=0):
+        evaluate(model, x, y)  # what FewShot._report does at every check
+        assert not model.features.training and not model.bottleneck.training
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in frozen.items())
+
+
+def test_checks_are_the_references_first_step_every_n_and_last():
+    assert [d for d in range(1, 1001) if is_check(d, 100, 1000)] == [*range(1, 902, 100), 1000]
+    torch.manual_seed(0)
+    model, x, y = SmallCNN(3, 4, 2, bottleneck=6), torch.rand(8, 3, 8, 8), torch.arange(4).repeat(2)
+    assert [p.step for p in finetune(model, x, y, "ft", 1e-3, 5, 2, 4, seed=0)] == [1, 3, 5]
+    # LP-FT: the LP run is not selected in; the checks are the FT run's
+    assert [p.step for p in finetune(model, x, y, "lp_ft", 1e-3, 5, 2, 4, seed=0)] == [1, 3, 5]
+
+
+def test_sam_steps_with_the_gradient_at_the_perturbed_weights():
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    opt = SAM([w], torch.optim.SGD, rho=0.5, lr=0.1)
+    sam_step(opt, lambda: (w**3).sum(), (), contextlib.nullcontext)
+    g = 3 * torch.tensor([1.0, 2.0]) ** 2
+    perturbed = torch.tensor([1.0, 2.0]) + 0.5 * g / g.norm()
+    assert w.detach().tolist() == pytest.approx(
+        (torch.tensor([1.0, 2.0]) - 0.1 * 3 * perturbed**2).tolist()
+    )
+
+
+def test_augmentations_keep_shape_and_range_and_replay_from_the_seed():
+    x = torch.rand(6, 3, 16, 16)
+    for augment in (shot_train, target_train, fewshot_train):
+        a = augment(x, torch.Generator().manual_seed(3))
+        assert a.shape == x.shape and 0 <= a.min() and a.max() <= 1
+        assert torch.equal(a, augment(x, torch.Generator().manual_seed(3)))
+        assert not torch.equal(a, x)
+    # the target side is never cropped: each image is itself or its mirror
+    flipped = target_train(x, torch.Generator().manual_seed(3))
+    assert all(torch.equal(a, b) or torch.equal(a, b.flip(-1)) for a, b in zip(flipped, x))
+    # SHOT's crop keeps 224/256 of the side: a flat image stays flat
+    assert torch.allclose(
+        shot_train(torch.full((2, 3, 8, 8), 0.4), torch.Generator()), torch.tensor(0.4)
+    )
+
+
+def test_tent_normalises_with_the_batch_statistics():
+    torch.manual_seed(0)
+    model = SmallCNN(3, 4, 2, bottleneck=6)
+    list(adapt(model, torch.rand(8, 3, 8, 8), "tent", 1, seed=0, cfg=TINY["tent"]))
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(m.running_mean is None and not m.track_running_stats for m in bns)
 
 
 def test_tuned_parameters_freeze_the_rest():
@@ -270,7 +371,7 @@ def test_default_sweep_runs_each_sfuda_method_once_per_scenario_and_seed():
     points = grid_points(_spec())
     sfuda = [p for p in points if p["method"] in ("shot", "aad", "tent")]
     assert len(sfuda) == 3 * 3 and all(p["k"] == 0 for p in sfuda)
-    assert len(points) - len(sfuda) == 5 * 4 * 3  # FT variants x k x scenario
+    assert len(points) - len(sfuda) == 3 * 2 * 3  # FT, LP, LP-FT x k in {1, 3} x scenario
 
 
 # ---- end to end ----------------------------------------------------------------------------
@@ -345,8 +446,9 @@ SPEC = _spec()  # the default sweep: three scenarios, FT at k = 1, 3, 5, 10
 def _result(method: str, k: int, scenario: str, seed: int, acc: float) -> TrialResult:
     params = {"method": method, "k": k, "scenario": scenario, "seed": seed}
     final = {
-        "test_acc": acc, "val_loss": 1.0 - acc, "oracle_test_acc": acc + 0.01,
-        "source_only_acc": 0.2, "lr": 1e-3 if method != "shot" else float("nan"),
+        "test_acc": acc, "test_mca": acc - 0.02, "val_loss": 1.0 - acc,
+        "oracle_test_acc": acc + 0.01, "source_only_acc": 0.6, "source_only_mca": 0.55,
+        "lr": 1e-3 if method != "shot" else float("nan"),
         "selected_step": 50.0,
     }  # fmt: skip
     return TrialResult(f"{method}{k}{scenario}{seed}", params, [final], "completed")
@@ -385,6 +487,8 @@ def test_the_deciding_comparisons_are_ft_at_3_shots_vs_shot_paired_by_seed():
         assert c.a == {"method": "shot", "scenario": c.a["scenario"]}
         assert c.b == {"method": "ft", "k": 3, "scenario": c.a["scenario"]}
         assert c.paired_by == "seed" and c.why
+    assert compares["label_shift"].metric == "test_mca"  # mean per-class accuracy, as the reference
+    assert compares["standard"].metric is None and compares["partial"].metric is None
     assert compares["standard_ni"].question == "non_inferiority"
     assert compares["standard_ni"].margin == pytest.approx(0.05)
     one_k = _spec("sweep.space.k.grid=[1, 10]", "sweep.space.scenario.grid=[partial]")
@@ -429,7 +533,32 @@ def test_evidence_labels_its_splits_and_shows_what_validation_would_pick():
     results = _sweep(dict.fromkeys(SCENARIOS3, 0.7), dict.fromkeys(SCENARIOS3, 0.5))
     ev = STUDY.evidence(results, SPEC, [])
     assert {row["scenario"] for row in ev.table} == set(SCENARIOS3)
-    assert {"test_acc %", "val_loss (selected)", "oracle test_acc % (not used)"} <= set(ev.table[0])
+    columns = {"test_acc %", "test_mca %", "val_loss (selected)", "oracle test_acc % (not used)"}
+    assert columns <= set(ev.table[1])
     assert set(ev.figures) == {"accuracy_vs_k"}
     assert "- standard, k=3: ft (69.2% test_acc)" in ev.details  # val_loss below LP's
     assert "standard: FT k=3 69.2% vs SHOT 49.3% test_acc" in ev.summary
+    shift = ev.summary.splitlines()[1]
+    assert shift.startswith("label_shift: FT k=3") and "test_mca, source only 55.0%" in shift
+    only = [row for row in ev.table if row["method"] == "source only"]
+    assert [row["scenario"] for row in only] == list(SCENARIOS3)  # a row in every scenario
+    assert only[0]["test_acc %"] == 60.0 and only[0]["test_mca %"] == 55.0
+
+
+def test_the_paper_rows_read_the_judged_comparisons():
+    results = _sweep(dict.fromkeys(SCENARIOS3, 0.7), dict.fromkeys(SCENARIOS3, 0.5))
+    judged = stats.judge(STUDY.comparisons(SPEC), results, STUDY.report_metric)
+    rows = {row["quantity"]: row for row in STUDY.evidence(results, SPEC, judged).paper}
+    assert set(next(iter(rows.values()))) == {
+        "quantity",
+        "paper",
+        "ours",
+        "direction agrees",
+        "note",
+    }
+    assert rows["source-only target accuracy, standard scenario"]["direction agrees"] == "yes"
+    assert rows["FT k=3 minus SHOT, standard (test_acc)"]["direction agrees"] == "yes"
+    assert rows["FT k=3 minus SHOT, label_shift (test_mca)"]["direction agrees"] == "yes"
+    shift = rows["SHOT minus source only under label shift (test_mca)"]
+    assert shift["direction agrees"] == "yes"  # SHOT's 48% below source-only 55% on every seed
+    assert shift["ours"].endswith("pp (mean over 6 seeds)")
