@@ -6,21 +6,24 @@ temporary MLflow."""
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
+import torch_pruning as tp
 from mlflow.tracking import MlflowClient
 
+from jobs.pruning import evidence as evidence_module
 from jobs.pruning import models
 from jobs.pruning.prune import (
     apply_masks,
     bake,
     count_flops,
     count_params,
+    filters_to_remove,
     global_magnitude_masks,
+    l1_filter_norms,
     scratch_b_epochs,
     sparsity,
     structured_prune,
@@ -38,7 +41,7 @@ from jobs.pruning.verdict import MARGIN
 from skeptic.data import load_dataset
 from skeptic.planning import check_comparisons
 from skeptic.schema import Metric, Tag
-from skeptic.spec import SpecError, load_spec
+from skeptic.spec import SpecError, grid_points, load_spec, resolve_params
 from skeptic.stages import RunningStage
 from skeptic.stats import Decision, judge
 from skeptic.study import TrialResult
@@ -84,16 +87,43 @@ def test_structured_pruning_removes_channels_and_the_model_still_runs():
     torch.testing.assert_close(rebuilt.eval()(x), pruned(x))
 
 
-def test_pruning_keeps_original_filters_with_the_larger_l1_norms():
+def test_pruning_keeps_exactly_the_original_filters_with_the_largest_l1_norms():
     full = _model()
     original = full.features[0].weight.detach().flatten(1)
     kept = structured_prune(full, SHAPE, 0.5).features[0].weight.detach().flatten(1)
-    # every kept filter is one of the original ones, untouched (removed, not re-initialised)
-    matches = (kept[:, None, :] == original[None, :, :]).all(-1)
-    assert matches.any(1).all()
-    # torch-pruning scores a filter by its whole group (conv + BN + next conv's inputs), so
-    # compare on average: the kept filters have the larger L1 norms
-    assert kept.abs().sum(1).mean() > original.abs().sum(1).mean()
+    top = torch.argsort(original.abs().sum(1), descending=True)[:4]
+    # the kept filters are the original ones, untouched, with the 4 largest norms
+    torch.testing.assert_close(kept, original[top.sort().values], rtol=0, atol=0)
+
+
+def _hand_made_vgg() -> torch.nn.Module:
+    """Width 4; the first conv's filters have kernel L1 norms 27 x (1, 4, 2, 3), but the
+    BatchNorm after it scales filter 1 (the largest kernel) down 100-fold and the next conv
+    reads filters 0 and 2 (the smallest) 100-fold more: a group importance (conv + BN + next
+    layer, torch-pruning's default) ranks them the other way round."""
+    model = _model(width=4)
+    conv, bn, nxt = model.features[0], model.features[1], model.features[3]
+    with torch.no_grad():
+        for i, value in enumerate((1.0, 4.0, 2.0, 3.0)):
+            conv.weight[i] = value
+        bn.weight.copy_(torch.tensor([1.0, 0.01, 1.0, 1.0]))
+        nxt.weight[:, [0, 2]] *= 100
+    return model
+
+
+def test_l1_criterion_ranks_filters_by_their_own_kernel_norm():
+    model = _hand_made_vgg()
+    conv = model.features[0]
+    torch.testing.assert_close(l1_filter_norms(conv), 27 * torch.tensor([1.0, 4.0, 2.0, 3.0]))
+    assert filters_to_remove(conv, 0.5) == [0, 2]  # the two smallest kernels
+    pruned = structured_prune(model, SHAPE, 0.5)
+    torch.testing.assert_close(pruned.features[0].weight, conv.weight[[1, 3]])
+    torch.testing.assert_close(pruned.features[1].weight, model.features[1].weight[[1, 3]])
+    # the criterion it replaces would keep other filters on this conv: the test can tell them apart
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, *SHAPE))
+    group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(range(4)))
+    group_scores = tp.importance.MagnitudeImportance(p=1)(group)
+    assert set(torch.argsort(group_scores)[:2].tolist()) != {0, 2}
 
 
 def test_flops_are_measured():
@@ -103,16 +133,21 @@ def test_flops_are_measured():
     assert count_flops(structured_prune(full, SHAPE, 0.5), SHAPE) < 0.3 * count_flops(full, SHAPE)
 
 
-def test_scratch_b_budget_comes_from_measured_flops(baseline):
-    p = Params(method="scratch_b", ratio=0.3, width=4, epochs=2, batch_size=32, scratch_b_cap=100)
+def test_scratch_b_budget_comes_from_measured_flops_uncapped_by_default(baseline):
+    p = Params(method="scratch_b", ratio=0.3, width=4, epochs=2, batch_size=32)
+    assert p.scratch_b_cap is None  # the reference CIFAR code (main_B.py) has no cap
     plan = plan_trial(p, baseline, seed=0)
     full = models.build(baseline["model_config"])
     pruned = models.build(plan.config)
     measured = count_flops(full, SHAPE) / count_flops(pruned, SHAPE)
     assert plan.facts["flops_ratio"] == pytest.approx(measured)
-    assert plan.epochs == math.ceil(2 * measured)
-    assert scratch_b_epochs(10, 400, 100, cap=2.0) == 20  # capped at 2x
+    assert plan.epochs == int(2 * measured) == plan.facts["scratch_b_uncapped_epochs"]
+    assert scratch_b_epochs(160, 313, 206) == 243  # int(160 x 313/206) as main_B.py
+    assert scratch_b_epochs(10, 400, 100) == 40  # 4x the FLOPs saved, 4x the epochs
+    assert scratch_b_epochs(10, 400, 100, cap=2.0) == 20  # a cap, when set, binds
     assert scratch_b_epochs(10, 300, 200, cap=2.0) == 15
+    capped = plan_trial(p.model_copy(update={"scratch_b_cap": 1.0}), baseline, seed=0)
+    assert capped.epochs == 2 and capped.facts["scratch_b_uncapped_epochs"] == plan.epochs
     # Scratch-E: same architecture, baseline epochs; both start from a fresh init
     plan_e = plan_trial(p.model_copy(update={"method": "scratch_e"}), baseline, seed=0)
     assert plan_e.epochs == 2 and plan_e.config["channels"] == plan.config["channels"]
@@ -126,11 +161,26 @@ def test_fine_tuned_starts_from_the_pruned_trained_weights(baseline):
     expected = structured_prune(trained, SHAPE, 0.5).state_dict()
     for key, value in expected.items():
         torch.testing.assert_close(plan.weights[key], value)
-    assert plan.lr == 1e-3 and not plan.step_decay
+    assert plan.lr == p.finetune_lr == 1e-2 and not plan.step_decay  # constant, as main_finetune.py
     # what the report states of the baseline is its test accuracy, the arms' split
     assert plan.facts["baseline_test_acc"] == baseline["test_acc"]
     scratch = plan_trial(p.model_copy(update={"method": "scratch_e"}), baseline, seed=0)
     assert not torch.equal(scratch.weights["features.0.weight"], plan.weights["features.0.weight"])
+
+
+def test_masks_cover_conv_weights_only():
+    model = _model(width=4)
+    masks = global_magnitude_masks(model, 0.6)
+    convs = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    assert set(masks) == convs  # the classifier (a Linear) is never masked
+    # one threshold across the convs: every kept weight is at least every removed one
+    weights = {n: m.weight.detach().abs() for n, m in model.named_modules() if n in convs}
+    kept = torch.cat([weights[n][masks[n] == 1] for n in convs])
+    gone = torch.cat([weights[n][masks[n] == 0] for n in convs])
+    assert kept.min() >= gone.max()
+    masked = apply_masks(model, masks)
+    assert not hasattr(masked.classifier, "weight_mask")
+    assert (masked.classifier.weight != 0).all()
 
 
 def test_unstructured_mask_is_kept_during_retraining(data):
@@ -150,7 +200,7 @@ def test_unstructured_mask_is_kept_during_retraining(data):
         weight = after[f"{name}.weight"]
         assert torch.all(weight[mask == 0] == 0), name  # pruned weights stayed at zero
         assert not torch.equal(weight, before[f"{name}.weight"]), name  # the rest trained
-    assert sparsity(masked) >= 0.6 - 1e-3
+    assert sparsity(masked) >= 0.6 - 1e-3  # of the conv weights, what the mask covers
     # the baked state dict is a plain model's: loadable without any pruning hooks
     plain = models.build(models.model_config(models.base_channels(4), SHAPE, CLASSES))
     plain.load_state_dict(after)
@@ -166,6 +216,22 @@ def test_ticket_reuses_the_original_init_and_random_does_not(baseline):
     assert not torch.equal(rand.weights["features.0.weight"], baseline["init"]["features.0.weight"])
     for key in ticket.masks:
         assert torch.equal(ticket.masks[key], rand.masks[key])  # the same mask for both
+    assert ticket.lr == rand.lr == p.lr  # retrained at the lr its baseline was trained at
+
+
+def test_each_ticket_lr_gets_its_own_baseline_stage():
+    """The arms' `lr` is a field the baseline stage depends on, so the lr 0.01 tickets prune
+    (and reset to the init of) a baseline trained at lr 0.01, as in the reference code."""
+    assert "lr" in BASELINE_FIELDS
+    spec = load_spec("pruning", Pruning.defaults, Params)
+    keys: dict[str, set] = {}
+    for point in grid_points(spec):
+        params = resolve_params(spec, Params, point)
+        keys.setdefault(point["arm"], set()).add(tuple(getattr(params, f) for f in BASELINE_FIELDS))
+    lr_of = {arm: {dict(zip(BASELINE_FIELDS, k))["lr"] for k in ks} for arm, ks in keys.items()}
+    assert lr_of["ticket_lr0.01"] == lr_of["random_lr0.01"] == {0.01}
+    assert lr_of["ticket_lr0.1"] == lr_of["fine_tuned"] == lr_of["scratch_b"] == {0.1}
+    assert len(set().union(*keys.values())) == 2  # two baselines per seed, not one
 
 
 def test_run_stage_gives_a_usable_baseline(baseline, data, tmp_path):
@@ -207,7 +273,7 @@ def _results(means: dict, noise: float, seeds: int = 5, ratios=(0.5, 0.9)) -> li
                 m = mean[ratio] if isinstance(mean, dict) else mean
                 acc = level + m + noise * np.random.default_rng([seed, i, int(100 * ratio)]).normal()
                 params = {"arm": arm, "method": arm.split("_lr")[0], "ratio": ratio, "seed": seed,
-                          "width": 4, "lr": 0.1, "finetune_lr": 1e-3, "retrain_lr": 0.1}  # fmt: skip
+                          "width": 4, "lr": 0.1, "finetune_lr": 1e-2}  # fmt: skip
                 final = {"test_acc": acc, "val_acc": 0.5, "baseline_test_acc": 0.95}
                 out.append(TrialResult(f"{arm}{ratio}{seed}", params, [final], "completed"))
     return out
@@ -230,7 +296,7 @@ def test_declared_comparisons_per_ratio_paired_with_a_stated_margin():
     assert "docs/results/pruning" in noninf.why
     assert compares["ticket_lr0p1_r90"].b == {"arm": "ticket_lr0.1", "ratio": 0.9}
     default = Pruning().comparisons(load_spec("pruning", Pruning.defaults, Params))
-    assert len(default) == 4 * 2 + 2 * 4  # 4 ratios x (2 questions + 2 ticket lrs)
+    assert len(default) == 3 * 2 + 2 * 3  # 3 ratios x (2 questions + 2 ticket lrs)
 
 
 def test_scratch_b_better_at_every_ratio_overturns():
@@ -281,6 +347,13 @@ def test_ticket_comparisons_are_judged_but_do_not_count():
     assert _decide(_results(swapped, noise=0.002))[0][0] is False
     evidence = Pruning().evidence(results, _spec(), list(judged.values()))
     assert "lr 0.1 (reported, not counted): ticket better at 0.5, 0.9" in evidence.summary
+    # the paper beside it: Scratch-B ahead agrees with Table 1; a ticket ahead at lr 0.1 does not
+    rows = {r["quantity"]: r for r in evidence.paper}
+    assert all(set(r) == {"quantity", "paper", "ours", "direction agrees", "note"} for r in rows.values())
+    assert rows["Scratch-B - fine-tuned, ratio 0.5"]["direction agrees"] == "yes"
+    assert "Table 1" in rows["Scratch-B - fine-tuned, ratio 0.5"]["paper"]
+    assert rows["winning ticket - random init, lr 0.1, ratio 0.9"]["direction agrees"] == "no"
+    assert rows["fine-tuned - unpruned baseline, ratio 0.5"]["direction agrees"] == "yes"
 
 
 @pytest.mark.parametrize(
@@ -298,8 +371,19 @@ def test_evidence_labels_every_number_with_its_split():
     evidence = Pruning().evidence(results, _spec(), [])
     assert {"test_acc %", "test_acc sd (pp)", "val_acc %", "baseline test_acc %"} <= set(evidence.table[0])
     assert {"accuracy_vs_ratio", "ticket_vs_random"} <= set(evidence.figures)
-    assert "95.00% test accuracy" in evidence.summary  # the baseline, on the arms' split
+    # the baseline, on the arms' split, per lr it was trained at
+    assert "Unpruned baseline, test accuracy (mean over its seeds): 95.00% at lr 0.1" in evidence.summary
     assert "latency" in evidence.details and "Liu et al. 2019" in evidence.details
+
+
+def test_scratch_e_is_described_over_the_seeds_it_shares_with_fine_tuned():
+    """The seed rule gives fine-tuned (a deciding arm) more seeds than Scratch-E: the
+    description pairs them by seed, never mixes seed sets."""
+    results = _results({"fine_tuned": 0.90, "scratch_e": 0.90}, noise=0.0, seeds=7)
+    results = [r for r in results if r.params["arm"] == "fine_tuned" or r.params["seed"] < 5]
+    groups = evidence_module.group(results, "test_acc")
+    diffs = evidence_module.scratch_e_diffs(groups, "test_acc")
+    assert diffs == {0.5: (pytest.approx(0.0, abs=1e-12), 5), 0.9: (pytest.approx(0.0, abs=1e-12), 5)}
 
 
 # ---- end to end ------------------------------------------------------------------------

@@ -32,8 +32,8 @@ MARGIN_WHY = (
     "0.01 = 1 pp (4 of the 400 default test images): the paper's fine-tuned and Scratch-B "
     "differ by 0.1-0.9 pp on CIFAR-10 (VGG-16-A 93.41 vs 93.78, ResNet-110-B 92.69 vs 93.60), "
     "so a fine-tuning advantage under 1 pp is within the paper's own 'comparable'; one arm's "
-    "seeds spread by 0.25-3.4 pp (sd of 3, val) at ratios 0.3-0.7 in "
-    "docs/results/pruning/report.md, so 3 seeds decide only clear cases and a seed rule "
+    "seeds spread by 0.25-3.4 pp (sd of 3, val) at ratios 0.3-0.7 in the sweep of 2026-11-24 "
+    "(docs/results/pruning, git history), so 3 seeds decide only clear cases and a seed rule "
     "(sweep.seeds: {min, max, step}) adds seeds to the rest"
 )
 
