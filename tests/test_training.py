@@ -62,6 +62,15 @@ def test_evaluate_runs_in_eval_mode_and_restores_the_mode_it_found(training):
     assert acc == pytest.approx((expected.argmax(1) == y).float().mean().item())
 
 
+def test_a_frozen_submodule_stays_in_eval_mode_after_evaluation():
+    model, (x, _) = _model(), _data()
+    model.train()
+    frozen = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)][0]
+    frozen.eval()  # a frozen backbone's BatchNorm inside a model that trains
+    predict(model, x)
+    assert model.training and not frozen.training
+
+
 def test_chunked_evaluation_equals_one_batch():
     model, (x, y) = _model(), _data(n=53)
     whole = predict(model, x, chunk=len(x))

@@ -150,10 +150,13 @@ def describe_plan(study: Study, spec: Spec, address: str | None = None) -> str:
 
 def _comparison_lines(study: Study, spec: Spec, looks: tuple[int, ...]) -> list[str]:
     compares = study.comparisons(spec)
-    lines = [f"deciding comparisons ({study.report_metric}, Holm over {len(compares)}):"]
+    deciding = sum(c.deciding for c in compares)
+    reported = f", {len(compares) - deciding} reported (Holm over those)" if deciding < len(compares) else ""
+    lines = [f"comparisons ({study.report_metric}): {deciding} deciding (Holm over those){reported}:"]
     for c in compares:
         margin = f" +-{c.margin:g}" if c.margin else ""
-        lines.append(f"  {c.name}: {dict(c.a)} vs {dict(c.b)}, {c.question}{margin}")
+        role = "" if c.deciding else " (reported)"
+        lines.append(f"  {c.name}: {dict(c.a)} vs {dict(c.b)}, {c.question}{margin}{role}")
     if len(looks) > 1:
         levels = ", ".join(f"{n}: {a:.3g}" for n, a in zip(looks, look_levels(looks)))
         deciding = points_of(study, spec, [c for c in compares if c.deciding])

@@ -64,7 +64,8 @@ class Progress(Callback):
             if any(t.trial_id == k and t.status == "RUNNING" for t in trials)
         )
         fraction = (done + failed + partial) / max(self.total, 1)
-        eta = _clock(elapsed / fraction - elapsed) if fraction > 0.02 else "?"
+        # a look's last trials can count past its total: never a negative time left
+        eta = _clock(max(elapsed / fraction - elapsed, 0.0)) if fraction > 0.02 else "?"
         best = f"{self.best:.4f} ({self.best_trial})" if self.best is not None else "-"
         failed_text = f", {failed} failed" if failed else ""
         label = f"{self.label} " if self.label else ""

@@ -39,15 +39,16 @@ def _html_table(rows: list[dict[str, Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def comparison_rows(judged: list[Judged], split: str) -> list[dict[str, Any]]:
-    """One row per deciding comparison: what it asks, what the data show, what they decide."""
+def comparison_rows(judged: list[Judged], metric: str) -> list[dict[str, Any]]:
+    """One row per comparison: what it asks, on which metric (the study's report metric
+    unless the comparison names its own), what the data show, what they decide."""
     rows = []
     for j in judged:
         c, e = j.compare, j.estimate
         rows.append({
             "comparison": c.name, "a": _where(c.a), "b": _where(c.b),
             "question": c.question + margin_text(c) + ("" if c.deciding else " (reported)"),
-            f"b - a ({split})": e.diff if e else "", "95% CI": f"[{e.ci_low:+.4g}, {e.ci_high:+.4g}]" if e else "",
+            "metric": c.metric or metric, "b - a": e.diff if e else "", "95% CI": f"[{e.ci_low:+.4g}, {e.ci_high:+.4g}]" if e else "",
             "n a/b": f"{e.n_a}/{e.n_b}" if e else "", "paired": ("by " + str(c.paired_by)) if e and e.paired else "no",
             "p (Holm)": j.p_adjusted, "level": j.level, "decision": j.decision,
         })  # fmt: skip
@@ -103,7 +104,7 @@ def write_report(
         images.append(f"{stem}.png")
     title = f"{study.name}: the belief {verdict.label.upper()}"
     facts_md = "\n".join(f"- **{k}**: {_fmt(v)}" for k, v in facts.items())
-    compared = markdown_table(comparison_rows(verdict.comparisons, split))
+    compared = markdown_table(comparison_rows(verdict.comparisons, study.report_metric))
     why = "".join(f"- **{j.compare.name}**: {j.compare.why}\n" for j in verdict.comparisons if j.compare.why)
     md = (
         f"# {title}\n\n**Belief:** {study.belief}\n\n**Paper:** {study.paper}\n\n"
@@ -125,7 +126,7 @@ def write_report(
         f"<p><b>Paper:</b> {html.escape(study.paper)}</p>"
         f"<h2>Verdict: {verdict.label}</h2><pre>{html.escape(verdict.summary)}</pre>"
         f"<h2>Deciding comparisons ({split} split)</h2>"
-        f"{_html_table(comparison_rows(verdict.comparisons, split))}"
+        f"{_html_table(comparison_rows(verdict.comparisons, study.report_metric))}"
         + (f"<h2>The paper beside this run</h2>{_html_table(verdict.paper)}" if verdict.paper else "")
         + "".join(f'<img src="{s}" style="max-width:100%">' for s in images)
         + f"<h2>Numbers</h2>{_html_table(verdict.table)}<pre>{html.escape(verdict.details)}</pre>"

@@ -45,17 +45,17 @@ def predict(model: nn.Module, x: torch.Tensor, chunk: int = 1024) -> torch.Tenso
     """The model's outputs for `x` in eval mode (BatchNorm on its running statistics, dropout
     off), `chunk` samples at a time so that a large set fits in memory.
 
-    Afterwards the model is back in the mode it was in, set the way `model.train(mode)` sets
-    it: on every submodule, so a submodule kept in eval mode inside a training model (a
-    frozen backbone) comes back in train mode; set it again after evaluating if it matters."""
-    was_training = model.training
+    Afterwards every submodule is back in the mode it was in, so a submodule kept in eval
+    mode inside a training model (a frozen backbone's BatchNorm) stays in eval mode."""
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         if not len(x):  # torch.cat of no chunks would raise
             return x.new_zeros(0, 1)
         return torch.cat([model(xb) for xb in x.split(chunk)])
     finally:
-        model.train(was_training)
+        for module, mode in modes:
+            module.training = mode
 
 
 def evaluate(
