@@ -65,7 +65,7 @@ def test_evaluate_runs_in_eval_mode_and_restores_the_mode_it_found(training):
 def test_a_frozen_submodule_stays_in_eval_mode_after_evaluation():
     model, (x, _) = _model(), _data()
     model.train()
-    frozen = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)][0]
+    frozen = next(m for m in model.modules() if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d))
     frozen.eval()  # a frozen backbone's BatchNorm inside a model that trains
     predict(model, x)
     assert model.training and not frozen.training
