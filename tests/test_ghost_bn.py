@@ -1,5 +1,6 @@
 """Ghost Batch Normalization: equal to BatchNorm1d in the degenerate cases, to a per-chunk
-reference otherwise, and robust on the last chunk and on a batch of one."""
+reference otherwise (outputs, gradients, and running statistics updated once per chunk as
+bigBatch does), and robust on the last chunk and on a batch of one."""
 
 from __future__ import annotations
 
@@ -85,14 +86,30 @@ def test_matches_per_chunk_reference(batch: int, sizes: list[int]) -> None:
     _assert_all_close(got, (y.detach(), xr.grad, w.grad, b.grad))
     assert torch.isfinite(got[0]).all()
 
-    # Buffers: chunk statistics averaged with weights proportional to chunk size.
-    chunks = x.split(sizes)
-    n = torch.tensor(sizes, dtype=torch.float64)[:, None] / batch
-    mean = (torch.stack([c.mean(0) for c in chunks]) * n).sum(0)
-    var = (torch.stack([c.var(0) for c in chunks]) * n).sum(0)
-    torch.testing.assert_close(gbn.running_mean, 0.1 * mean, **TIGHT)
-    torch.testing.assert_close(gbn.running_var, 0.9 + 0.1 * var, **TIGHT)
-    assert gbn.num_batches_tracked.item() == 1
+    # Buffers: one nn.BatchNorm1d update per chunk, in order (bigBatch's main_gbn.py runs
+    # each chunk as its own forward pass).
+    _, bn = _pair(None)
+    for chunk in x.split(sizes):
+        bn(chunk)
+    _assert_all_close(
+        (gbn.running_mean, gbn.running_var, gbn.num_batches_tracked),
+        (bn.running_mean, bn.running_var, bn.num_batches_tracked),
+    )
+    assert gbn.num_batches_tracked.item() == len(sizes)
+
+
+def test_running_stats_follow_sequential_chunk_updates_over_steps() -> None:
+    """Several training steps of 2048 rows in 16 chunks, as the study's +GBN/+RA arms: the
+    buffers equal those of nn.BatchNorm1d fed the chunks one by one."""
+    gbn, bn = _pair(128)
+    for step in range(3):
+        torch.manual_seed(10 + step)
+        x = torch.randn(2048, C, dtype=torch.float64) * (1 + step) + step
+        gbn(x)
+        for chunk in x.split(128):
+            bn(chunk)
+    _assert_all_close((gbn.running_mean, gbn.running_var), (bn.running_mean, bn.running_var))
+    assert gbn.num_batches_tracked.item() == bn.num_batches_tracked.item() == 48
 
 
 def test_eval_equals_batchnorm1d_eval() -> None:
@@ -114,6 +131,11 @@ def test_cumulative_momentum_none() -> None:
         gbn(x)
     chunk_means = torch.stack([x.view(4, 16, C).mean(1).mean(0) for x in batches])
     torch.testing.assert_close(gbn.running_mean, chunk_means.mean(0), **TIGHT)
+    _, bn = _pair(None, momentum=None)  # the cumulative average over all 12 chunks
+    for x in batches:
+        for chunk in x.split(16):
+            bn(chunk)
+    _assert_all_close((gbn.running_mean, gbn.running_var), (bn.running_mean, bn.running_var))
 
 
 def test_batch_of_one_uses_running_stats_and_leaves_them() -> None:

@@ -15,10 +15,13 @@ Design:
   normalised with its own statistics in a second vectorised call (two calls, never a loop over
   chunks). A remainder holding a single value per channel (r == 1 on (N, C) input, where the
   variance is undefined) is merged into the previous chunk, which then has `ghost + 1` rows.
-- Running statistics: updated as in `nn.BatchNorm1d` (momentum, or cumulative average when
-  momentum is None; `num_batches_tracked`), from the chunk statistics averaged with weights
-  proportional to chunk size: running_mean gets the batch mean, running_var the mean of the
-  chunks' unbiased variances (what the network actually normalised with, up to n/(n-1)).
+- Running statistics: updated once per ghost chunk, in chunk order, as in the paper's code
+  (eladhoffer/bigBatch, main_gbn.py: each chunk of the batch is a separate forward pass
+  through `nn.BatchNorm1d`, so every chunk moves the buffers by `momentum` and counts in
+  `num_batches_tracked`). k chunks in one call give exactly the result of k sequential
+  `nn.BatchNorm1d` updates with each chunk's mean and unbiased variance, computed in closed
+  form (momentum m: weights m(1-m)^(k-1-i); momentum None: the cumulative average over
+  chunks), so no loop over chunks.
 - `ghost_size=None`, `ghost_size >= batch`, or a batch that forms a single chunk: exactly
   `nn.BatchNorm1d` (same `F.batch_norm` call).
 - One value per channel in training (a batch of 1 on (N, C) input), where `nn.BatchNorm1d`
@@ -71,8 +74,8 @@ def _param_view(p: torch.Tensor | None, ndim: int) -> torch.Tensor | None:
 class _GhostBatchNormFn(torch.autograd.Function):
     """y = (x - mean_chunk) * rstd_chunk * weight + bias for each chunk, with a fused backward.
 
-    Returns (y, batch mean, size-weighted mean of the chunks' unbiased variances); the two
-    statistics are for the running buffers and carry no gradient.
+    Returns (y, per-chunk means, per-chunk unbiased variances), both (chunks, C) in chunk
+    order; the two statistics are for the running buffers and carry no gradient.
 
     On CPU the cost is memory traffic, page faults on fresh full-size buffers and, for small
     batches, the number of dispatched ops. So each direction allocates one full-size buffer
@@ -92,12 +95,10 @@ class _GhostBatchNormFn(torch.autograd.Function):
         x = x.contiguous()
         acc = _acc_dtype(x.dtype)
         per_row = math.prod(x.shape[2:])
-        total = x.shape[0] * per_row
         w = _param_view(weight, x.dim() + 1)
         b = _param_view(bias, x.dim() + 1)
         y = torch.empty(x.shape, dtype=acc, device=x.device)
-        means, rstds = [], []
-        batch_mean = batch_var = None
+        means, rstds, chunk_means, chunk_vars = [], [], [], []
         for xs, ys, (_, g) in zip(_split(x, segments), _split(y, segments), segments, strict=True):
             red = _reduce_dims(xs)
             # Two-pass (centred) variance, the squares computed in the output buffer.
@@ -109,17 +110,15 @@ class _GhostBatchNormFn(torch.autograd.Function):
             torch.addcmul(shift, xs, scale, out=ys)
             means.append(mean)
             rstds.append(rstd)
-            # Buffers: chunk statistics weighted by chunk size n (values per channel).
+            # Buffers: each chunk's mean and unbiased variance (n values per channel).
             n = g * per_row
-            seg_mean = mean.sum(0).mul_(n / total)
-            seg_var = var.sum(0).mul_(n * n / (max(n - 1, 1) * total))
-            batch_mean = seg_mean if batch_mean is None else batch_mean.add_(seg_mean)
-            batch_var = seg_var if batch_var is None else batch_var.add_(seg_var)
+            chunk_means.append(mean.reshape(mean.shape[0], -1))
+            chunk_vars.append(var.reshape(var.shape[0], -1) * (n / max(n - 1, 1)))
         ctx.segments = segments
         ctx.save_for_backward(x, weight, *means, *rstds)
-        batch_mean, batch_var = batch_mean.view(-1), batch_var.view(-1)
-        ctx.mark_non_differentiable(batch_mean, batch_var)
-        return y.to(x.dtype), batch_mean, batch_var
+        chunk_mean, chunk_var = torch.cat(chunk_means), torch.cat(chunk_vars)
+        ctx.mark_non_differentiable(chunk_mean, chunk_var)
+        return y.to(x.dtype), chunk_mean, chunk_var
 
     @staticmethod
     def backward(
@@ -228,18 +227,27 @@ class _GhostMixin:
         return y
 
     @torch.no_grad()
-    def _update_running(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+    def _update_running(self, means: torch.Tensor, variances: torch.Tensor) -> None:
+        """k chunk updates at once: the same buffers as k `nn.BatchNorm1d` forward passes,
+        one per chunk in order (bigBatch's ghost batch norm)."""
         bn: nn.modules.batchnorm._BatchNorm = self  # type: ignore[assignment]
         if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
             return
+        k = means.shape[0]
+        if bn.momentum is None:  # cumulative average over every chunk so far
+            # (reads the counter, as nn.BatchNorm1d does: a graph break under torch.compile)
+            seen = 0 if bn.num_batches_tracked is None else int(bn.num_batches_tracked)
+            keep = seen / (seen + k)
+            weights = torch.full((k,), 1.0 / (seen + k), dtype=means.dtype, device=means.device)
+        else:  # chunk i (of k) is then decayed by the k - 1 - i updates after it
+            m = bn.momentum
+            keep = (1 - m) ** k
+            powers = torch.arange(k - 1, -1, -1, dtype=means.dtype, device=means.device)
+            weights = m * (1 - m) ** powers
         if bn.num_batches_tracked is not None:
-            bn.num_batches_tracked.add_(1)
-        if bn.momentum is None:  # cumulative moving average, as nn.BatchNorm1d
-            factor = 1.0 / float(bn.num_batches_tracked)
-        else:
-            factor = bn.momentum
-        bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
-        bn.running_var.lerp_(var.to(bn.running_var.dtype), factor)
+            bn.num_batches_tracked.add_(k)
+        for buf, stats in ((bn.running_mean, means), (bn.running_var, variances)):
+            buf.mul_(keep).add_((weights @ stats).to(buf.dtype))
 
 
 class GhostBatchNorm(_GhostMixin, nn.BatchNorm1d):
