@@ -125,14 +125,14 @@ BAD = [
     ("pruning", ["sweep.space.width.choice=[8,16]"], "sweep.space"),  # a stage depends on it
     # values no trial would use
     ("few_shot", ["train.k=100000"], "train.k"),
-    ("metaformer", ["train.lr=0.1"], "train.lr"),
+    ("metaformer", ["train.lr_grid=[-1]"], "train.lr_grid"),
     ("few_shot", ["sweep.space.imbalance.grid=[5,10]"], "sweep.space.imbalance"),
     # the studies' own constraints
     ("metaformer", ["train.depths=[1,2]"], "train.depths"),
     ("metaformer", ["train.dims=[20,40,80]"], "train.dims"),
     ("metaformer", ["train.augment=heavy", "train.batch_size=33"], "train.batch_size"),
     ("metaformer", ["train.batch_size=4000"], "train.batch_size"),
-    ("metaformer", ["train.warmup_epochs=6"], "train.warmup_epochs"),
+    ("metaformer", ["train.warmup_epochs=18"], "train.warmup_epochs"),
     ("metaformer", ["data.image_size=8"], "data.image_size"),
     ("metaformer", ["data.name=digits"], "data.name"),
     ("pruning", ["train.width=8"], "train.ratio"),

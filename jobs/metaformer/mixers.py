@@ -1,28 +1,46 @@
 """The token mixers timm's MetaFormer lacks, and the builder of every model in the study.
 
-Reused from `timm.models.metaformer`: the MetaFormer skeleton, `Pooling` (PoolFormer's
-`pool(x) - x`), `Attention`, `SepConv` (the depthwise-separable conv of ConvFormer), the norms
-(`GroupNorm1`, `LayerNorm2d`, `LayerNormNoBias`); `timm.layers.Mlp` for the spatial MLP.
-Written here (timm has no such mixer): frozen random token mixing (the paper's "random
-matrix"), a token-mixing spatial MLP, and `Zero`, which cuts a block's residual or channel-MLP
-branch for the component ablations.
+Checked against the paper's released code (github.com/sail-sg/poolformer, models/poolformer.py
+and models/metaformer.py). Reused from `timm.models.metaformer`: the MetaFormer skeleton and
+its blocks (`x + LayerScale * mixer(norm(x))`, then the same with the channel MLP), `Pooling`
+(`pool(x) - x`, avgpool with count_include_pad=False as in poolformer.py), `Attention`,
+`SepConv`, `GroupNorm1` (poolformer.py's GroupNorm, 1 group); `timm.layers.Mlp` for the
+spatial MLP. As in the reference: LayerScale on both branches of every block, initialised at
+1e-5 (`LAYER_SCALE`); GELU MLP with ratio 4 and bias; 3x3 stride-2 downsampling without a
+norm; a linear head. Written here: `LayerNormChannel` (the reference's, eps 1e-5),
+`AddPositionEmb` (metaformer.py's learned position embedding), frozen random token mixing
+(the paper's "random matrix"), a token-mixing spatial MLP, and `Zero`, which cuts a block's
+residual or channel-MLP branch for the component ablations.
 
-Input size: the study uses 16x16 images and three stages, with timm's 7x7 stride-4 stem
-replaced by a 3x3 stride-2 conv (`model.stem.conv`), so the stages run at 8, 4 and 2 pixels
-and `pool(x) - x` is non-zero in every stage (with the stride-4 stem the last stage would be
-1x1, where it is exactly zero; `build_metaformer` refuses any stage below 2x2). A 16x16 input
-keeps a trial at tens of seconds on one CPU core. The random and spatial-MLP mixers mix a fixed number of tokens, so their
-classes are made per stage with the token count bound (`_per_stage`).
+Where this differs from the reference, and why:
+- Input and stem: 18x18 images and a 3x3 stride-2 stem (the reference: 224x224, 7x7 stride
+  4), so the four stages run at 9, 5, 3 and 2 pixels and `pool(x) - x` is non-zero in every
+  stage (a 1x1 stage makes it exactly zero; `build_metaformer` refuses stages below 2x2).
+- Size: dims 16/32/64/128 and depths 1/1/2/1 (S12: 64/128/320/512, 2/2/6/2), so a CPU core
+  trains one model for 18 epochs in about a minute.
+- Attention: head dim 16 (reference 32: a 16-channel stage would have no whole head); qkv
+  without bias and the output projection with one, as in the reference. timm runs attention
+  stages on (B, N, C) tokens, where nn.LayerNorm is the reference's LayerNormChannel.
+- The head normalises after global pooling (timm) instead of before it (reference); with
+  GroupNorm(1) / LayerNorm over channels of a 1x1 map this is a LayerNorm of the pooled
+  features instead of a norm of every position before the mean.
+- The all-attention arm (no such model in the reference; the paper's attention baseline is
+  DeiT) gets a learned position embedding before its first stage, as DeiT has one.
+- No stochastic depth (reference S12: drop path 0.1): 5 blocks and 18 epochs.
+
+The random and spatial-MLP mixers mix a fixed number of tokens, so their classes are made per
+stage with the token count bound (`_per_stage`).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import torch
 from timm.layers import GroupNorm1, LayerNorm2d, Mlp
-from timm.models.metaformer import Attention, LayerNormNoBias, MetaFormer, Pooling, SepConv
+from timm.models.metaformer import Attention, MetaFormer, Pooling, SepConv
 from torch import nn
 
 __all__ = [
@@ -36,7 +54,11 @@ MIXERS = (
 )  # fmt: skip
 ABLATIONS = ("none", "no_residual", "no_mlp", "no_norm", "layernorm", "batchnorm")
 STEM_STRIDE = 2
+LAYER_SCALE = 1e-5  # poolformer.py / metaformer.py: layer_scale_init_value=1e-5
 HEAD_DIM = 16  # timm's default 32 breaks on a 16-channel stage (heads * head_dim != dim)
+# metaformer.py's Attention: qkv without bias (timm's default too), the output projection
+# with one (nn.Linear's default there; timm's default is without)
+ATTENTION_ARGS = {"head_dim": HEAD_DIM, "qkv_bias": False, "proj_bias": True}
 DOWNSAMPLE = 2  # each stage after the first halves the resolution (timm's Downsampling)
 
 
@@ -74,6 +96,25 @@ class SpatialMlp(nn.Module):
         return self.mlp(x.reshape(b, c, h * w)).reshape(b, c, h, w)
 
 
+class LayerNormChannel(LayerNorm2d):
+    """poolformer.py's LayerNormChannel: LayerNorm over the channels of (B, C, H, W), eps 1e-5
+    (timm's LayerNorm2d defaults to 1e-6)."""
+
+    def __init__(self, num_channels: int, **kwargs: Any) -> None:
+        super().__init__(num_channels, eps=1e-5, **kwargs)
+
+
+class AddPositionEmb(nn.Module):
+    """metaformer.py's AddPositionEmb: a learned (1, C, H, W) embedding, zeros at init."""
+
+    def __init__(self, dim: int, side: int) -> None:
+        super().__init__()
+        self.pos_embed = nn.Parameter(torch.zeros(1, dim, side, side))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.pos_embed
+
+
 class Zero(nn.Module):
     """Replaces a block's residual scale (no residual) or its channel MLP (no MLP): the
     branch contributes nothing, through timm's own hooks instead of a rewritten block."""
@@ -83,9 +124,12 @@ class Zero(nn.Module):
 
 
 def stage_sizes(image_size: int, stages: int) -> list[int]:
-    """Feature-map side length of every stage for a square input."""
-    side = image_size // STEM_STRIDE
-    return [side // DOWNSAMPLE**i for i in range(stages)]
+    """Feature-map side length of every stage for a square input: the stem and every later
+    stage's downsampling are 3x3 stride-2 convs with padding 1, so each halves rounding up."""
+    sides = [math.ceil(image_size / STEM_STRIDE)]
+    for _ in range(stages - 1):
+        sides.append(math.ceil(sides[-1] / DOWNSAMPLE))
+    return sides
 
 
 def _per_stage(base: type[nn.Module], tokens: int) -> type[nn.Module]:
@@ -98,25 +142,32 @@ def _mixers(mixer: str, sizes: list[int]) -> tuple[list[type[nn.Module]], dict[s
     n = len(sizes)
     if mixer.startswith("pool"):
         return [Pooling] * n, {"pool_size": int(mixer[4:])}
-    if mixer == "hybrid":  # the paper's [Pool, Pool, Attn, Attn]: pooling first, attention last
+    if mixer == "hybrid":  # metaformer_ppaa_s12_224: [Pool, Pool, Attn, Attn] (first half pools)
         half = n // 2
-        return [Pooling] * half + [Attention] * (n - half), {"pool_size": 3, "head_dim": HEAD_DIM}
+        return [Pooling] * half + [Attention] * (n - half), {"pool_size": 3, **ATTENTION_ARGS}
     fixed = {"identity": nn.Identity, "sepconv": SepConv, "attention": Attention}
     if mixer in fixed:
-        return [fixed[mixer]] * n, {"head_dim": HEAD_DIM} if mixer == "attention" else {}
+        return [fixed[mixer]] * n, ATTENTION_ARGS if mixer == "attention" else {}
     per_token = {"random": RandomMixing, "spatial_mlp": SpatialMlp}
     if mixer in per_token:
         return [_per_stage(per_token[mixer], s * s) for s in sizes], {}
     raise ValueError(f"unknown mixer {mixer!r}; known: {', '.join(MIXERS)}")
 
 
-def _norms(ablation: str, mixers: list[type[nn.Module]]) -> list[type[nn.Module]]:
-    """Norm per stage. Attention stages run on (B, N, C) tokens and need a channels-last LN."""
+def _norms(
+    mixer: str, ablation: str, mixers: list[type[nn.Module]]
+) -> tuple[list[type[nn.Module]], type[nn.Module]]:
+    """Norm per stage, and the head's. PoolFormer (poolformer.py) uses GroupNorm(1) for every
+    mixer of its ablation table; metaformer_ppaa_s12_224 (metaformer.py) keeps its default
+    LayerNormChannel. Attention stages run on (B, N, C) tokens in timm, where nn.LayerNorm
+    (with bias, eps 1e-5) is exactly LayerNormChannel."""
+    default = LayerNormChannel if mixer in ("hybrid", "attention") else GroupNorm1
     spatial = {
-        "layernorm": LayerNorm2d, "batchnorm": nn.BatchNorm2d, "no_norm": nn.Identity,
-    }.get(ablation, GroupNorm1)  # fmt: skip
-    token = nn.Identity if ablation == "no_norm" else LayerNormNoBias
-    return [token if issubclass(m, Attention) else spatial for m in mixers]
+        "layernorm": LayerNormChannel, "batchnorm": nn.BatchNorm2d, "no_norm": nn.Identity,
+    }.get(ablation, default)  # fmt: skip
+    token = nn.Identity if ablation == "no_norm" else nn.LayerNorm
+    norms = [token if issubclass(m, Attention) else spatial for m in mixers]
+    return norms, nn.Identity if ablation == "no_norm" else default
 
 
 def _ablate(model: MetaFormer, ablation: str) -> None:
@@ -128,17 +179,34 @@ def _ablate(model: MetaFormer, ablation: str) -> None:
                 block.mlp, block.norm2 = Zero(), nn.Identity()
 
 
+def _add_position_embedding(
+    model: MetaFormer, mixers: list[type[nn.Module]], dims: tuple[int, ...], sizes: list[int]
+) -> None:
+    """A learned position embedding added to the input of the first attention stage, after
+    its downsampling (metaformer.py's AddPositionEmb, zero-initialised): where the reference
+    puts it in metaformer_ppaa_s12_224. The all-attention model gets one before its first
+    stage as well, as DeiT (the paper's attention baseline) has one at its input."""
+    first = next((i for i, m in enumerate(mixers) if issubclass(m, Attention)), None)
+    if first is None:
+        return
+    stage = model.stages[first]
+    embed = AddPositionEmb(dims[first], sizes[first])
+    stage.downsample = nn.Sequential(stage.downsample, embed)
+
+
 def build_metaformer(
     mixer: str,
     ablation: str = "none",
-    dims: tuple[int, ...] = (32, 64, 128),
-    depths: tuple[int, ...] = (1, 2, 1),
-    image_size: int = 16,
+    dims: tuple[int, ...] = (16, 32, 64, 128),
+    depths: tuple[int, ...] = (1, 1, 2, 1),
+    image_size: int = 20,
     num_classes: int = 10,
-    layer_scale: float | None = None,
+    layer_scale: float | None = LAYER_SCALE,
 ) -> MetaFormer:
-    """A small PoolFormer-v1-shaped MetaFormer (GELU MLP with bias, GroupNorm(1), no
-    downsample norm, linear head) with `mixer` in every stage and one `ablation` applied."""
+    """A small MetaFormer shaped like the reference's (poolformer.py / metaformer.py): GELU
+    MLP (ratio 4) with bias, LayerScale (init 1e-5) on both branches of every block, no
+    downsample norm, a linear head; `mixer` in every stage (the hybrid: pooling then
+    attention) and one `ablation` applied."""
     if ablation not in ABLATIONS:
         raise ValueError(f"unknown ablation {ablation!r}; known: {', '.join(ABLATIONS)}")
     if any(b <= a for a, b in itertools.pairwise(dims)):
@@ -147,13 +215,14 @@ def build_metaformer(
     if min(sizes) < 2:
         raise ValueError(f"image_size {image_size} leaves a stage at {min(sizes)}x{min(sizes)}")
     mixers, extra = _mixers(mixer, sizes)
+    norms, output_norm = _norms(mixer, ablation, mixers)
     model = MetaFormer(
         num_classes=num_classes, depths=tuple(depths), dims=tuple(dims), token_mixers=mixers,
-        norm_layers=_norms(ablation, mixers), downsample_norm=None, mlp_act=nn.GELU,
-        mlp_bias=True, layer_scale_init_values=layer_scale, res_scale_init_values=None,
-        output_norm=nn.Identity if ablation == "no_norm" else GroupNorm1, use_mlp_head=False,
-        **extra,
+        norm_layers=norms, downsample_norm=None, mlp_act=nn.GELU, mlp_bias=True,
+        layer_scale_init_values=layer_scale, res_scale_init_values=None,
+        output_norm=output_norm, use_mlp_head=False, **extra,
     )  # fmt: skip
     model.stem.conv = nn.Conv2d(3, dims[0], kernel_size=3, stride=STEM_STRIDE, padding=1)
+    _add_position_embedding(model, mixers, dims, sizes)
     _ablate(model, ablation)
     return model
