@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -34,7 +35,8 @@ def test_dry_run_prints_trials_without_starting_ray(capsys, tmp_path, monkeypatc
     was_running = ray.is_initialized()
     assert main(["run", "large_batch", "--dry-run", "--set", "sweep.seeds=2"]) == 0
     out = capsys.readouterr().out
-    assert "22 trials = 11 grid points x 2 seeds" in out
+    trials, points = map(int, re.search(r"(\d+) trials = (\d+) grid points x 2 seeds", out).groups())
+    assert trials == 2 * points > 0
     assert '"arm": "SB"' in out
     assert ray.is_initialized() == was_running
     assert not (tmp_path / "mlflow.db").exists()

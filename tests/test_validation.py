@@ -68,15 +68,16 @@ def folders(tmp_path_factory) -> dict[str, Path]:
 # ---- the CLI: every bad value exits 2 with one line, before anything starts ---------------
 
 # (study, --set values, what the one error line must name). {name} is a folder above.
+FOLDER = ["data.name=imagefolder", "data.domain=null"]  # large_batch's default domain: `noisy`
 BAD = [
     # the data section, against the loaders
-    ("large_batch", ["data.name=imagefolder"], "data.path"),
-    ("large_batch", ["data.name=imagefolder", "data.path={empty}"], "data.path"),
-    ("large_batch", ["data.name=imagefolder", "data.path={missing}"], "data.path"),
-    ("large_batch", ["data.name=imagefolder", "data.path={no_images}"], "data.path"),
-    ("large_batch", ["data.name=imagefolder", "data.path={fake_png}"], "data.path"),
-    ("large_batch", ["data.name=imagefolder", "data.path={one_class}"], "data.path"),
-    ("large_batch", ["data.name=imagefolder", "data.path={cifar}"], "data.path"),
+    ("large_batch", [*FOLDER], "data.path"),
+    ("large_batch", [*FOLDER, "data.path={empty}"], "data.path"),
+    ("large_batch", [*FOLDER, "data.path={missing}"], "data.path"),
+    ("large_batch", [*FOLDER, "data.path={no_images}"], "data.path"),
+    ("large_batch", [*FOLDER, "data.path={fake_png}"], "data.path"),
+    ("large_batch", [*FOLDER, "data.path={one_class}"], "data.path"),
+    ("large_batch", [*FOLDER, "data.path={cifar}"], "data.path"),
     ("large_batch", ["data.name=imagefolder", "data.path={good}", "data.domain=x"], "data.domain"),
     ("large_batch", ["data.path={good}"], "data.path"),  # shapes: the path would be ignored
     ("large_batch", ["data.name=bogus"], "data.name"),
@@ -87,7 +88,7 @@ BAD = [
     ("large_batch", ["data.image_size=100000"], "data.image_size"),
     ("large_batch", ["data.image_size=4"], "data.image_size"),  # shapes draw at >= 8
     ("large_batch", ["data.seed=-1"], "data.seed"),
-    ("large_batch", ["data.name=digits", "data.image_size=32"], "data.image_size"),
+    ("large_batch", ["data.name=digits", "data.domain=null", "data.image_size=32"], "data.image_size"),
     ("few_shot", ["train.target_domain=bogus"], "train.target_domain"),
     ("few_shot", ["train.source_domain=bogus"], "train.source_domain"),
     ("few_shot", ["data.name=digits"], "data.name"),
@@ -135,7 +136,7 @@ BAD = [
     ("metaformer", ["train.warmup_epochs=18"], "train.warmup_epochs"),
     ("metaformer", ["data.image_size=8"], "data.image_size"),
     ("metaformer", ["data.name=digits"], "data.name"),
-    ("pruning", ["train.width=8"], "train.ratio"),
+    ("pruning", ["train.width=3"], "train.ratio"),  # ratio 0.7 of 3 filters keeps none
     ("large_batch", ["train.base_batch=32"], "sweep.derive.lr.reference"),
     ("large_batch", ["train.lr_drops=[1.5]"], "train.lr_drops"),
     ("large_batch", ["sweep.space.batch_size.grid=[32]"], "train.ghost_batch"),
@@ -197,7 +198,7 @@ def test_bad_spec_is_one_error_line_naming_the_field(
 
 
 SUBPROCESS_CASES = [
-    ("large_batch", ["data.name=imagefolder", "data.path={empty}"], "data.path", True),
+    ("large_batch", [*FOLDER, "data.path={empty}"], "data.path", True),
     ("large_batch", ["resources.cpu=64"], "resources.cpu", False),
     ("pruning", ["sweep.scheduler.kind=pbt"], "sweep.scheduler.kind", False),
 ]
@@ -259,7 +260,7 @@ def test_good_image_folder_passes(folders, capsys, tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     argv = ["run", "large_batch", "--dry-run", "--set", "data.name=imagefolder"]
-    argv += ["--set", f"data.path={folders['good']}", "--set", "data.size=10"]
+    argv += ["--set", "data.domain=null", "--set", f"data.path={folders['good']}", "--set", "data.size=10"]
     assert main(argv) == 0, capsys.readouterr().err
 
 
@@ -332,7 +333,7 @@ def test_few_shot_k_bound_is_the_smallest_pool_class():
         preflight(study, load_spec(study.name, study.defaults, Params, sets=too_many))
 
 
-def test_pruning_ratio_bound_is_where_torch_pruning_stops_pruning():
+def test_pruning_ratio_bound_is_where_a_conv_would_keep_no_filter():
     from jobs.pruning import models
     from jobs.pruning.prune import structured_prune
     from jobs.pruning.study import Params
@@ -341,8 +342,8 @@ def test_pruning_ratio_bound_is_where_torch_pruning_stops_pruning():
     pruned = structured_prune(models.build(config), [3, 8, 8], 0.875)
     assert models.channels_of(pruned)[0] == 1  # allowed, and pruned as asked
     Params(width=8, ratio=0.875)
-    unpruned = structured_prune(models.build(config), [3, 8, 8], 0.9)
-    assert models.channels_of(unpruned)[0] == 8  # torch-pruning skipped the layer
+    kept = structured_prune(models.build(config), [3, 8, 8], 0.9)
+    assert models.channels_of(kept)[0] == 1  # a conv keeps one filter: pruned less than asked
     with pytest.raises(ValueError, match="ratio"):
         Params(width=8, ratio=0.9)
     Params(width=8, ratio=0.9, method="ticket")  # unstructured: every weight is prunable
