@@ -33,6 +33,14 @@ def test_a_report_shows_the_store_without_this_machines_paths(tmp_path, monkeypa
     assert shown_uri("databricks") == "databricks"
 
 
+def test_a_reports_command_shows_paths_under_the_working_directory_relative(tmp_path, monkeypatch):
+    from skeptic.report import shown_command
+
+    monkeypatch.chdir(tmp_path)
+    given = f"skeptic run pruning --storage {tmp_path}/runs --set data.path={tmp_path} --set x=/opt/d"
+    assert shown_command(given) == "skeptic run pruning --storage runs --set data.path=. --set x=/opt/d"
+
+
 def test_two_sweeps_at_once_into_a_new_sqlite_store_both_succeed(tmp_path):
     uri = f"sqlite:///{tmp_path / 'fresh.db'}"
     procs = [

@@ -5,6 +5,7 @@ own tables and plots."""
 from __future__ import annotations
 
 import html
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,7 @@ def write_report(
         figure.savefig(folder / f"{stem}.png", dpi=120, bbox_inches="tight")
         plt.close(figure)  # pyplot keeps every figure alive until closed
         images.append(f"{stem}.png")
+    command = shown_command(command)
     title = f"{study.name}: the belief {verdict.label.upper()}"
     facts_md = "\n".join(f"- **{k}**: {_fmt(v)}" for k, v in facts.items())
     compared = markdown_table(comparison_rows(verdict.comparisons, study.report_metric))
@@ -134,6 +136,27 @@ def write_report(
     )
     (folder / "report.html").write_text(page)
     return folder / "report.md"
+
+
+def shown_command(command: str) -> str:
+    """The command with every absolute path under the working directory written relative to
+    it (`--storage /home/me/x/runs` run in /home/me/x reads `--storage runs`), so a report
+    does not carry the paths of the machine that wrote it; other arguments as given."""
+    here = Path.cwd().resolve()
+
+    def relative(token: str) -> str:
+        key, eq, value = token.rpartition("=") if "=" in token else ("", "", token)
+        if not value.startswith("/"):
+            return token
+        try:
+            return f"{key}{eq}{Path(value).resolve().relative_to(here).as_posix() or '.'}"
+        except ValueError:
+            return token
+
+    try:
+        return shlex.join(relative(t) for t in shlex.split(command))
+    except ValueError:  # unbalanced quotes: show it as it was
+        return command
 
 
 def split_of(metric: str) -> str:
