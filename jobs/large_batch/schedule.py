@@ -20,12 +20,13 @@ One report (MLflow step, checkpoint) per round, so every arm has `epochs` points
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-from skeptic.training import epoch_generator
+from skeptic.training import epoch_generator, shuffled_batches
 
 
 def updates_per_round(batch_size: int, base_batch: int, regime: str, n: int) -> int:
@@ -58,7 +59,7 @@ def batches(
     u, stop = start, start + count
     while u < stop:
         epoch, first = divmod(u, per)
-        order = torch.randperm(n, generator=epoch_generator(seed, epoch))
-        for j in range(first, min(per, first + stop - u)):
-            yield order[j * batch : (j + 1) * batch].to(device)
-        u += min(per, first + stop - u) - first
+        take = min(per - first, stop - u)
+        full = shuffled_batches(n, batch, epoch_generator(seed, epoch), device, drop_last=True)
+        yield from itertools.islice(full, first, first + take)
+        u += take
