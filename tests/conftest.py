@@ -21,6 +21,7 @@ for key, value in {
 }.items():
     os.environ.setdefault(key, value)
 
+import shutil
 import sys
 import time
 
@@ -79,3 +80,28 @@ def smoke_sweep(ray_session, tmp_path_factory):
         return done[study]
 
     return run
+
+
+# Chromium as root in a sandbox, with nothing that phones home (this machine's network is
+# closed: without these flags the browser retries Google's hosts at every start).
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-quic",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A real headless Chromium driven by Playwright: the system's browser (Playwright's own
+    download is not reachable here). Skips, saying why, where either is missing; .ci/run
+    installs Debian's chromium."""
+    exe = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    if exe is None:
+        pytest.skip("no Chromium/Chrome binary on PATH (.ci/run installs Debian's chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
