@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 import skeptic
 from skeptic import provenance, tracking
 from skeptic.spec import Spec
+from skeptic.study import get_study
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
@@ -44,8 +45,10 @@ def test_a_sweep_from_inside_another_repository_records_skeptics_own_code(
     other = _other_repo(tmp_path / "project")
     monkeypatch.chdir(other)
     client = MlflowClient(mlflow_store)
-    exp = tracking.ensure_experiment(client, "prov", mlflow_store)
-    run_id = tracking.start_parent_run(client, exp, "sweep-1", Spec(study="prov"), "h", 1)
+    study = get_study("effect")
+    exp = tracking.ensure_experiment(client, study.name, mlflow_store)
+    spec = Spec(study=study.name)
+    run_id = tracking.start_parent_run(client, exp, "sweep-1", study, spec, "h", 1)
 
     tags = client.get_run(run_id).data.tags
     assert tags["skeptic.git_commit"] != _git(other, "rev-parse", "HEAD")

@@ -90,7 +90,7 @@ def run_sweep(
         flush=True,
     )
     parent = tracking.start_parent_run(
-        client, experiment_id, sweep_id, spec, data_hash(data), count_trials(spec)
+        client, experiment_id, sweep_id, study, spec, data_hash(data), count_trials(spec)
     )
     record = SweepRecord(
         sweep_id, study.name, spec.model_dump(mode="json"), uri, experiment_id, parent,

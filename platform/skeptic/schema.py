@@ -34,6 +34,8 @@ class Tag:
     GIT_DIRTY = "skeptic.git_dirty"
     CODE_SOURCE = "skeptic.code_source"
     DATA_HASH = "skeptic.data_hash"
+    BELIEF = "skeptic.belief"  # the study's belief and paper, as the sweep ran it
+    PAPER = "skeptic.paper"
     VERDICT = "skeptic.verdict"
     VERDICT_SUMMARY = "skeptic.verdict_summary"
     STAGES_REUSED = "skeptic.stages_reused"
@@ -79,6 +81,12 @@ class MlflowTag:
 
     PARENT_RUN_ID = "mlflow.parentRunId"
     GIT_COMMIT = "mlflow.source.git.commit"
+    NOTE = "mlflow.note.content"  # a run's description (Markdown in the UI)
+    EXPERIMENT_KIND = "mlflow.experimentKind"  # on an experiment: which UI view opens it
+
+
+# The experiment kind of a model-training experiment: unset, MLflow 3's UI opens the GenAI view.
+TRAINING_EXPERIMENT = "custom_model_development"
 
 
 class Param:

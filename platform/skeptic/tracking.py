@@ -33,6 +33,7 @@ from skeptic.schema import (
 from skeptic.spec import Spec
 from skeptic.stats import Judged
 from skeptic.store import artifacts_root
+from skeptic.study import Study
 from skeptic.trial import RUN_ID_RESULT
 
 PACKAGES = ("skeptic", "torch", "ray", "mlflow", "numpy", "timm", "transformers", "scikit-learn")
@@ -67,6 +68,7 @@ def start_parent_run(
     client: MlflowClient,
     experiment_id: str,
     sweep_id: str,
+    study: Study,
     spec: Spec,
     data_hash: str,
     n_trials: int,
@@ -82,6 +84,8 @@ def start_parent_run(
         Tag.GIT_DIRTY: str(code.dirty).lower(),
         Tag.CODE_SOURCE: code.source,
         Tag.DATA_HASH: data_hash,
+        Tag.BELIEF: study.belief,
+        Tag.PAPER: study.paper,
     }
     if code.commit != "unknown":
         tags[MlflowTag.GIT_COMMIT] = code.commit
