@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,12 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from safetensors.torch import save_file
 
-from skeptic.schema import Artifact, Outcome, Tag
+from skeptic.review import Champion, SweepRef, split_name, version_description
+from skeptic.schema import CHAMPION, Artifact, MlflowTag, Outcome, Tag
 from skeptic.store import store_lock
 from skeptic.study import Study, TrialResult, Verdict
 from skeptic.trial import STATE_FILE
 
-CHAMPION = "champion"
 CODE = Path(__file__).with_name("pyfunc_model.py")
 
 
@@ -31,8 +30,6 @@ def _requirements() -> list[str]:
     # Given explicitly: MLflow's inference of requirements loads the model in a subprocess.
     names = ("torch", "numpy", "safetensors", "mlflow", "pydantic")
     return [f"{n}=={importlib.metadata.version(n)}" for n in names]
-
-
 
 
 @dataclass(frozen=True)
@@ -58,20 +55,25 @@ def register_champion(
     policy: str = "best",
     metric: str | None = None,
     mode: str | None = None,
+    description: str = "",
 ) -> Registration:
     """Log the weights + builder config (from a checkpointed `state`) under the trial's
-    run and register it as a new version. The `champion` alias moves to it when `score`
-    (the study's metric) is at least as good as the current champion's, or always with
-    policy "latest"; concurrent sweeps on one SQLite store take turns (store_lock). `metric`
-    and `mode` (default: the study's) are what `score` measures and which way is better."""
+    run and register it as a new version, with `tags` and `description`. The `champion`
+    alias moves to it when `score` (the study's metric) is at least as good as the current
+    champion's, or always with policy "latest"; concurrent sweeps on one SQLite store take
+    turns (store_lock). `metric` and `mode` (default: the study's) are what `score`
+    measures and which way is better."""
     metric = metric or study.metric
-    version = _log_model(study, state, params, run_id)
-    client = MlflowClient()
-    for key, value in tags.items():
-        client.set_model_version_tag(study.name, version, key, value)
-    client.set_model_version_tag(study.name, version, Tag.METRIC, metric)
+    tags = {**tags, Tag.METRIC: metric}
     if score is not None:
-        client.set_model_version_tag(study.name, version, Tag.score(metric), f"{score:.6g}")
+        tags[Tag.score(metric)] = f"{score:.6g}"
+    model_uri, model_id = _log_model(study, state, params, run_id)
+    client = MlflowClient()
+    _ensure_registered_model(client, study)
+    version = str(client.create_model_version(
+        study.name, model_uri, run_id=run_id, tags=tags, description=description,
+        model_id=model_id,
+    ).version)  # fmt: skip
     with store_lock(mlflow.get_tracking_uri()):
         move, reason = _should_move(client, study, metric, mode or study.mode, score, policy)
         if move:
@@ -80,9 +82,21 @@ def register_champion(
     return Registration(version, champion, reason)
 
 
-def _log_model(study: Study, state: dict[str, Any], params: dict[str, Any], run_id: str) -> str:
-    """Log the model under `run_id` as MLflow pyfunc code + safetensors and register it;
-    return the new version."""
+def _ensure_registered_model(client: MlflowClient, study: Study) -> None:
+    """The study's registered model, described by its belief; another sweep may create it
+    at the same moment."""
+    try:
+        client.create_registered_model(study.name, description=f"{study.belief}\n\n{study.paper}")
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+
+
+def _log_model(
+    study: Study, state: dict[str, Any], params: dict[str, Any], run_id: str
+) -> tuple[str, str]:
+    """Log the model under `run_id` as MLflow pyfunc code + safetensors; return its URI
+    and id."""
     config, state_dict = state["model_config"], state["model"]
     model = study.build_model(config)
     model.load_state_dict(state_dict)
@@ -96,20 +110,17 @@ def _log_model(study: Study, state: dict[str, Any], params: dict[str, Any], run_
         config_file.write_text(
             json.dumps({"study": study.name, "model_config": config}, default=str)
         )
-        with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
-            # predict() is deliberately untyped (the signature below is the schema).
-            warnings.filterwarnings("ignore", message=".*type hint", category=UserWarning)
+        with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name=Artifact.MODEL,
                 python_model=str(CODE),
                 artifacts={"weights": str(weights), "config": str(config_file)},
                 signature=infer_signature(example, output),
                 input_example=example,
-                registered_model_name=study.name,
                 pip_requirements=_requirements(),
                 metadata=json.loads(json.dumps(meta, default=str)),
             )
-    return str(info.registered_model_version)
+    return info.model_uri, info.model_id
 
 
 def registered_before(study: Study, version: str) -> Registration:
@@ -163,14 +174,23 @@ def best_trial(
 
 
 def register_best(
-    study: Study, best: tuple[TrialResult, Any], sweep_id: str, verdict: Verdict, policy: str,
+    study: Study, best: tuple[TrialResult, Any], sweep: SweepRef, verdict: Verdict, policy: str,
     metric: str, mode: str,
 ) -> Registration:  # fmt: skip
-    """Register the best trial's last checkpointed model."""
+    """Register the best trial's last checkpointed model, described and tagged with where it
+    came from: the sweep, its verdict, the metric that chose it and on which split."""
     trial, result = best
     with result.checkpoint.as_directory() as path:
         state = torch.load(Path(path) / STATE_FILE, weights_only=True, map_location="cpu")["state"]
     params = {k: v for k, v in trial.params.items() if k in study.Params.model_fields}
-    tags = {Tag.SWEEP_ID: sweep_id, Tag.VERDICT: verdict.label}
     score = trial.final[metric]
-    return register_champion(study, state, params, trial.run_id, tags, score, policy, metric, mode)
+    tags = {
+        Tag.STUDY: study.name, Tag.SWEEP_ID: sweep.sweep_id, Tag.VERDICT: verdict.label,
+        MlflowTag.PARENT_RUN_ID: sweep.parent_run_id, Tag.SPLIT: split_name(metric),
+        **{Tag.param(k): str(v) for k, v in trial.params.items()},
+    }  # fmt: skip
+    described = Champion(sweep, verdict.label, metric, score, trial.params)
+    return register_champion(
+        study, state, params, trial.run_id, tags, score, policy, metric, mode,
+        description=version_description(study, described),
+    )  # fmt: skip

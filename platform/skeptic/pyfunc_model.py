@@ -14,13 +14,13 @@ from typing import Any
 
 import mlflow
 import numpy as np
-from mlflow.pyfunc import PythonModel
+from mlflow.pyfunc import PythonModel, PythonModelContext
 
 
 class SkepticModel(PythonModel):
-    # predict() has no type hints on purpose: MLflow would derive a (wrong) schema from them;
-    # the schema comes from the signature logged with the model.
-    def load_context(self, context: Any) -> None:
+    # np.ndarray is a type hint MLflow accepts without deriving a schema from it: the schema
+    # (image shape, dtype) comes from the signature logged with the model.
+    def load_context(self, context: PythonModelContext) -> None:
         from safetensors.torch import load_file
 
         from skeptic.study import get_study
@@ -31,7 +31,9 @@ class SkepticModel(PythonModel):
         self.model.load_state_dict(load_file(context.artifacts["weights"]))
         self.model.eval()
 
-    def predict(self, context, model_input, params=None):
+    def predict(
+        self, context: PythonModelContext, model_input: np.ndarray, params: dict | None = None
+    ) -> Any:
         return self.study.predict(self.model, np.asarray(model_input))
 
 

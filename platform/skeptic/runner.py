@@ -31,8 +31,9 @@ from skeptic.planning import check_before_start, selection_metric, selection_mod
 from skeptic.record import SweepRecord, sweep_folder
 from skeptic.report import write_report
 from skeptic.results import count_ended
+from skeptic.review import VIEW_KEY, SweepFacts, SweepRef, runs_view, sweep_description
 from skeptic.rounds import Sweep, run_rounds
-from skeptic.schema import Artifact, Outcome, Tag
+from skeptic.schema import Artifact, MlflowTag, Outcome, Param, Tag
 from skeptic.spec import Spec, SpecError, count_trials, validate_spec
 from skeptic.stages import code_hash
 from skeptic.stats import Judged
@@ -48,6 +49,7 @@ class SweepOutcome:
     report: Path
     results: list[TrialResult]
     registration: Registration | None  # the best trial's model version, if any
+    experiment_id: str = ""
 
 
 class Phases(dict[str, float]):
@@ -188,7 +190,11 @@ def _conclude(sweep: Sweep, client: MlflowClient, register: str, phases: Phases)
         chosen = (selection_metric(study, sweep.spec), selection_mode(study, sweep.spec))
         registration = _register(study, record, client, sweep.collected, verdict, register, chosen)
     parent = record.parent_run_id
-    return SweepOutcome(study.name, record.sweep_id, parent, verdict, report, results, registration)
+    _describe(study, verdict, record, client, results, registration)
+    return SweepOutcome(
+        study.name, record.sweep_id, parent, verdict, report, results, registration,
+        record.experiment_id,
+    )  # fmt: skip
 
 
 def _verdict(study: Study, spec: Spec, results: list[TrialResult], judged: list[Judged]) -> Verdict:
@@ -197,8 +203,9 @@ def _verdict(study: Study, spec: Spec, results: list[TrialResult], judged: list[
     evidence = study.evidence(results, spec, judged)
     summary = "\n".join([reason, *(j.line() for j in judged), evidence.summary]).strip()
     return Verdict(
-        held, summary, evidence.table, evidence.figures, evidence.details, judged, evidence.paper
-    )
+        held, summary, evidence.table, evidence.figures, evidence.details, judged, evidence.paper,
+        reason,
+    )  # fmt: skip
 
 
 def _report(
@@ -216,6 +223,22 @@ def _report(
     return report
 
 
+def _describe(
+    study: Study, verdict: Verdict, record: SweepRecord, client: MlflowClient,
+    results: list[TrialResult], registration: Registration | None,
+) -> None:  # fmt: skip
+    """The verdict and its evidence as the parent run's description, for the MLflow UI."""
+    facts = SweepFacts(
+        record.experiment_id, record.parent_run_id, len(results),
+        len({t.params.get(Param.SEED) for t in results}),
+        client.get_run(record.parent_run_id).info.start_time,
+        registration.version if registration else None,
+    )  # fmt: skip
+    client.set_tag(record.parent_run_id, MlflowTag.NOTE, sweep_description(study, verdict, facts))
+    view = runs_view(study, verdict.comparisons)
+    client.set_experiment_tag(record.experiment_id, MlflowTag.SHARED_VIEW + VIEW_KEY, view)
+
+
 def _register(
     study: Study, record: SweepRecord, client: MlflowClient,
     collected: list[tuple[TrialResult, Any]], verdict: Verdict, policy: str,
@@ -230,7 +253,8 @@ def _register(
     tags = client.get_run(record.parent_run_id).data.tags
     if tags.get(Tag.CHAMPION_RUN_ID) == best[0].run_id:
         return registered_before(study, tags[Tag.CHAMPION_VERSION])
-    registration = register_best(study, best, record.sweep_id, verdict, policy, metric, mode)
+    ref = SweepRef(record.sweep_id, record.experiment_id, record.parent_run_id)
+    registration = register_best(study, best, ref, verdict, policy, metric, mode)
     client.set_tag(record.parent_run_id, Tag.CHAMPION_VERSION, registration.version)
     client.set_tag(record.parent_run_id, Tag.CHAMPION_RUN_ID, best[0].run_id)
     return registration

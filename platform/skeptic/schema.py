@@ -22,7 +22,7 @@ ENDED = (Outcome.COMPLETED, Outcome.STOPPED_EARLY, Outcome.FAILED)
 
 
 class Tag:
-    """Run tags (and model-version tags: VERDICT, SWEEP_ID, METRIC, score)."""
+    """Run tags (and model-version tags: STUDY, SWEEP_ID, VERDICT, METRIC, SPLIT, score, param)."""
 
     # every run
     STUDY = "skeptic.study"
@@ -55,6 +55,7 @@ class Tag:
     STAGE_KEY = "skeptic.stage_key"
     # a registered model version
     METRIC = "skeptic.metric"  # the name of the study's metric; its value is under score()
+    SPLIT = "skeptic.split"  # the split that metric was measured on (validation)
 
     @staticmethod
     def upstream(stage: str) -> str:
@@ -67,12 +68,18 @@ class Tag:
         return f"skeptic.cmp.{comparison}"
 
     @staticmethod
+    def param(name: str) -> str:
+        """On a model version: one parameter of its trial."""
+        return f"skeptic.param.{name}"
+
+    @staticmethod
     def score(metric: str) -> str:
         """On a model version: the value of the study's metric for its trial."""
         return f"skeptic.{metric}"
 
 
 SWEEP = "sweep"  # the value of Tag.KIND on a sweep's parent run
+CHAMPION = "champion"  # the registry alias of a study's best version so far
 ERROR_CHARS = 5000  # the most of an error message a tag keeps
 
 
@@ -83,6 +90,7 @@ class MlflowTag:
     GIT_COMMIT = "mlflow.source.git.commit"
     NOTE = "mlflow.note.content"  # a run's description (Markdown in the UI)
     EXPERIMENT_KIND = "mlflow.experimentKind"  # on an experiment: which UI view opens it
+    SHARED_VIEW = "mlflow.sharedViewState."  # + a key: a runs-list view the UI's links open
 
 
 # The experiment kind of a model-training experiment: unset, MLflow 3's UI opens the GenAI view.

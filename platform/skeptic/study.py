@@ -90,6 +90,7 @@ class Verdict:
     details: str = ""  # extra Markdown for the report
     comparisons: list[Judged] = field(default_factory=list)
     paper: list[dict[str, Any]] = field(default_factory=list)  # Evidence.paper
+    reason: str = ""  # the study's rule, in one line: why this label
 
     @property
     def label(self) -> str:

@@ -23,6 +23,7 @@ from skeptic import provenance
 from skeptic.schema import (
     ERROR_CHARS,
     SWEEP,
+    TRAINING_EXPERIMENT,
     Artifact,
     Metric,
     MlflowTag,
@@ -40,18 +41,32 @@ PACKAGES = ("skeptic", "torch", "ray", "mlflow", "numpy", "timm", "transformers"
 
 
 def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
-    """The experiment for a study; on a local SQLite store its artifacts go beside the DB."""
+    """The experiment for a study, marked as model training (see `mark_as_training`); on a
+    local SQLite store its artifacts go beside the DB."""
     existing = client.get_experiment_by_name(name)
-    if existing is not None:
-        return existing.experiment_id
-    root = artifacts_root(tracking_uri)
-    try:
-        return client.create_experiment(name, artifact_location=root and root.as_uri())
-    except MlflowException:  # another sweep created it a moment ago
+    if existing is None:
+        root = artifacts_root(tracking_uri)
+        try:
+            client.create_experiment(name, artifact_location=root and root.as_uri())
+        except MlflowException:  # another sweep created it a moment ago
+            pass
         existing = client.get_experiment_by_name(name)
         if existing is None:
-            raise
-        return existing.experiment_id
+            raise MlflowException(f"experiment {name} could not be created")
+    mark_as_training(client, existing)
+    return existing.experiment_id
+
+
+def mark_as_training(client: MlflowClient, experiment: Any) -> None:
+    """MLflow 3's UI opens an experiment without this tag in its GenAI view (traces,
+    prompts), where a sweep's runs are hidden. Experiments of older Skeptics, and ones whose
+    kind the UI only guessed, are fixed when a sweep next logs there; a kind the user chose
+    is left alone."""
+    kind = experiment.tags.get(MlflowTag.EXPERIMENT_KIND, "")
+    if kind in ("", "no_inferred_type") or kind.endswith("_inferred"):
+        client.set_experiment_tag(
+            experiment.experiment_id, MlflowTag.EXPERIMENT_KIND, TRAINING_EXPERIMENT
+        )
 
 
 def package_versions() -> dict[str, str]:
