@@ -476,8 +476,54 @@ def delete_app(name: str) -> None:
     serve.delete(name)
 
 
-def shutdown_serve() -> None:
+SERVE_NAMESPACE = "serve"  # ray.serve._private.constants: its actors' namespace and names
+SERVE_PROXY_PREFIX = "SERVE_PROXY_ACTOR"
+SERVE_REPLICA_PREFIX = "SERVE_REPLICA::"
+
+
+def shutdown_serve(timeout_s: float = 30) -> None:
+    """Delete every Serve app and stop Serve's actors, in seconds.
+
+    Plain serve.shutdown() took 30 s here and then warned "Controller failed to shut down
+    within 30.0s". With HAProxy ingress (fast_ingress_env) every ingress replica takes HTTP
+    directly, and Ray holds a stopping one open for its direct-ingress drain window
+    (RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S, 30 s) so that a load balancer can
+    deregister it; serve.shutdown() waits 30 s for the controller, and the controller gives
+    a shutdown tier 30 s, so both give up at the same moment. A full shutdown stops the
+    proxies (and with them HAProxy, the only router to the replicas) first, so once they are
+    gone that window protects no request: the replicas are stopped then, and the controller
+    finishes at once."""
+    import ray
     from ray import serve
 
-    if serve_client() is not None:
-        serve.shutdown()
+    client = serve_client()
+    if client is None:
+        return
+    # The flag alone: the controller deletes the apps and stops the proxies on its next tick,
+    # and from then on starts no replica (so the ones stopped below stay stopped).
+    ray.get(client._controller.graceful_shutdown.remote(wait=False), timeout=timeout_s)
+    _wait_gone(_serve_actors(SERVE_PROXY_PREFIX), timeout_s)
+    for name in _serve_actors(SERVE_REPLICA_PREFIX):
+        try:
+            ray.kill(ray.get_actor(name, namespace=SERVE_NAMESPACE), no_restart=True)
+        except ValueError:  # stopped by itself meanwhile
+            pass
+    serve.shutdown()  # now only waits for the controller to see them gone and exit
+
+
+def _serve_actors(prefix: str) -> list[str]:
+    """Names of Serve's live actors whose name starts with `prefix`."""
+    from ray.util import list_named_actors
+
+    return [
+        a["name"]
+        for a in list_named_actors(all_namespaces=True)
+        if a["namespace"] == SERVE_NAMESPACE and a["name"].startswith(prefix)
+    ]
+
+
+def _wait_gone(names: list[str], timeout_s: float) -> None:
+    """Wait until none of the named Serve actors is alive, at most `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and set(names) & set(_serve_actors("")):
+        time.sleep(0.1)

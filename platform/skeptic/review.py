@@ -21,7 +21,6 @@ from skeptic.study import Study, Verdict
 
 TRAINING_VIEW = "workflowType=machine_learning"
 VIEW_KEY = "skeptic"  # the runs list's shared view (see `runs_view`)
-COLUMNS = ("diff", "ci_low", "ci_high")  # of each comparison, in the runs list
 SPLITS = {"val": "validation", "test": "test", "train": "training"}
 
 
@@ -49,11 +48,14 @@ def split_name(metric: str) -> str:
 
 def runs_view(study: Study, judged: list[Judged]) -> str:
     """The runs list as a reviewer wants it first (the UI's shared-view format, kept in the
-    experiment tag `MlflowTag.SHARED_VIEW + VIEW_KEY`): each comparison's estimate and CI
-    on the parent run, each trial's arm, seed and metrics beside it."""
-    metrics = [Metric.comparison(j.compare.name, f) for j in judged for f in COLUMNS]
+    experiment tag `MlflowTag.SHARED_VIEW + VIEW_KEY`): the verdict and, per deciding
+    comparison, its decision and estimate on the parent run; each trial's arm, seed and
+    metrics beside it."""
+    deciding = [j.compare.name for j in judged if j.compare.deciding]
+    tags = [Tag.VERDICT, *(Tag.decision(name) for name in deciding)]
+    metrics = [*(Metric.comparison(name, "diff") for name in deciding)]
     metrics += [study.report_metric, study.metric]
-    columns = [f"tags.`{Tag.VERDICT}`", *(f"metrics.`{m}`" for m in metrics)]
+    columns = [f"tags.`{t}`" for t in tags] + [f"metrics.`{m}`" for m in metrics]
     columns += [f"params.`{p}`" for p in (Param.ARM, Param.SEED)]
     return json.dumps({
         "selectedColumns": columns, "searchFilter": "", "orderByKey": "attributes.start_time",
@@ -86,10 +88,10 @@ def sweep_description(study: Study, verdict: Verdict, facts: SweepFacts) -> str:
     if facts.champion:
         links.append(f"champion: [{study.name} version {facts.champion}]"
                      f"({version_page(study.name, facts.champion)})")  # fmt: skip
-    took = _duration(time.time() - facts.started_ms / 1000)
+    started, judged = _utc(facts.started_ms / 1000), _utc(time.time())
     split = split_name(study.report_metric)
     size = (
-        f"{facts.trials} trials over {facts.seeds} seeds, judged {took} after the sweep started. "
+        f"{facts.trials} trials over {facts.seeds} seeds; started {started}, judged {judged}. "
         "Choices (learning rates, epochs, the champion) were made on validation data; the "
         f"comparisons are on the **{split}** split."
     )
@@ -98,6 +100,7 @@ def sweep_description(study: Study, verdict: Verdict, facts: SweepFacts) -> str:
         f"**The belief {verdict.label.upper()}**: {verdict.reason}",
         "",
         comparisons_table(verdict.comparisons, study.report_metric),
+        "",
         f"**Belief:** {study.belief}  ",
         f"**Paper:** {study.paper}",
         "",
@@ -107,12 +110,8 @@ def sweep_description(study: Study, verdict: Verdict, facts: SweepFacts) -> str:
     ])  # fmt: skip
 
 
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(max(0.0, seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    if hours:
-        return f"{hours} h {minutes} min"
-    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(seconds))
 
 
 def comparisons_table(judged: list[Judged], metric: str) -> str:

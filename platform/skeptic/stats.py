@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -304,12 +305,17 @@ def _hint(c: Compare, est: Estimate | None, level: float) -> str:
 def seeds_needed(effect_size: float, level: float, paired: bool, alternative: str) -> int:
     """Seeds per arm for a t test to detect a standardised effect with POWER (statsmodels)."""
     from statsmodels.stats.power import TTestIndPower, TTestPower
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
     solver = TTestPower() if paired else TTestIndPower()
     try:
-        n = solver.solve_power(
-            effect_size=effect_size, alpha=level, power=POWER, alternative=alternative
-        )
+        with warnings.catch_warnings():
+            # When the solver fails to converge it says so and returns nan, handled below:
+            # the warning would only repeat to the user what this answer says.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            n = solver.solve_power(
+                effect_size=effect_size, alpha=level, power=POWER, alternative=alternative
+            )
     except (ValueError, RuntimeError):  # the solver gives up on tiny effects
         return 10_000
     n = float(np.atleast_1d(n)[0])
