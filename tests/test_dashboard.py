@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from skeptic import review
+from skeptic import review, tracking
 from skeptic.schema import SWEEP, TRAINING_EXPERIMENT, MlflowTag, Tag
 from skeptic.study import get_study
 
@@ -51,6 +51,24 @@ def test_the_experiment_is_a_model_training_experiment_with_a_runs_view(sweep):
     view = experiment.tags[MlflowTag.SHARED_VIEW + review.VIEW_KEY]
     for comparison in _decided(parent):
         assert f"cmp.{comparison}.diff" in view
+
+
+@pytest.mark.parametrize(
+    ("kind", "after"),
+    [
+        (None, TRAINING_EXPERIMENT),  # made by an older Skeptic
+        ("genai_development_inferred", TRAINING_EXPERIMENT),  # only the UI's guess
+        ("finetuning", "finetuning"),  # somebody's choice: left alone
+    ],
+)
+def test_an_existing_experiment_becomes_a_training_experiment_when_a_sweep_logs_there(
+    mlflow_store, kind, after
+):
+    client = MlflowClient(mlflow_store)
+    tags = {MlflowTag.EXPERIMENT_KIND: kind} if kind else None
+    made = client.create_experiment("older", tags=tags)
+    assert tracking.ensure_experiment(client, "older", mlflow_store) == made
+    assert client.get_experiment(made).tags.get(MlflowTag.EXPERIMENT_KIND) == after
 
 
 def test_the_parent_run_description_is_the_verdict_with_its_evidence(sweep):
