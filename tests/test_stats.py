@@ -10,6 +10,7 @@ from scipy import stats as sps
 
 from skeptic.stats import (
     ALPHA,
+    MAX_SEEDS,
     Compare,
     Decision,
     Question,
@@ -135,14 +136,24 @@ def test_too_few_seeds_are_undecided_with_a_hint():
 
 
 def test_power_hint_matches_statsmodels():
-    from statsmodels.stats.power import TTestPower
+    from statsmodels.stats.power import TTestIndPower, TTestPower
 
     expected = TTestPower().solve_power(effect_size=0.5, alpha=ALPHA, power=0.8)
     assert seeds_needed(0.5, ALPHA, True, "two-sided") == int(np.ceil(expected))
+    expected = TTestIndPower().solve_power(effect_size=0.3, alpha=ALPHA, power=0.8, alternative="larger")
+    assert seeds_needed(0.3, ALPHA, False, "larger") == int(np.ceil(expected))
     rng = np.random.default_rng(1)
     a, b = rng.normal(0, 1, 4), rng.normal(0.4, 1, 4)
     judged = judge([_compare()], _results(list(a), list(b)), "test_acc")[0]
     assert judged.decision == Decision.UNDECIDED and "seeds per arm" in judged.hint
+
+
+def test_a_large_effect_over_few_seeds_needs_few_seeds_more():
+    # statsmodels' solver gives nan here (the answer is below its bracket), which once read
+    # as "about 10000 seeds per arm"
+    needed = [seeds_needed(d, 0.004, True, "two-sided") for d in (1.0, 2.0, 5.0, 20.0)]
+    assert needed == sorted(needed, reverse=True) and needed[-1] <= 6
+    assert seeds_needed(1e-4, ALPHA, True, "two-sided") == MAX_SEEDS
 
 
 def test_look_levels_spend_little_early_and_keep_most_for_the_last_look():

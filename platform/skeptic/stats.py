@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -35,6 +34,7 @@ if TYPE_CHECKING:
 
 ALPHA = 0.05  # family-wise error rate of one study's deciding comparisons, all looks together
 POWER = 0.8  # what the "seeds needed" hint aims for
+MAX_SEEDS = 10_000  # the most seeds the hint names ("seeds alone will not decide it" beyond)
 
 
 class Question(StrEnum):
@@ -303,23 +303,33 @@ def _hint(c: Compare, est: Estimate | None, level: float) -> str:
 
 
 def seeds_needed(effect_size: float, level: float, paired: bool, alternative: str) -> int:
-    """Seeds per arm for a t test to detect a standardised effect with POWER (statsmodels)."""
-    from statsmodels.stats.power import TTestIndPower, TTestPower
-    from statsmodels.tools.sm_exceptions import ConvergenceWarning
+    """The fewest seeds per arm (at least 2, at most MAX_SEEDS) at which a t test detects a
+    standardised effect with POWER, searched by doubling then bisection. (statsmodels'
+    solve_power gives nan when the answer is small, and its power is nan at scattered n for
+    large effects: a large effect seen over 2 seeds read as "10000 seeds".)"""
 
-    solver = TTestPower() if paired else TTestIndPower()
-    try:
-        with warnings.catch_warnings():
-            # When the solver fails to converge it says so and returns nan, handled below:
-            # the warning would only repeat to the user what this answer says.
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            n = solver.solve_power(
-                effect_size=effect_size, alpha=level, power=POWER, alternative=alternative
-            )
-    except (ValueError, RuntimeError):  # the solver gives up on tiny effects
-        return 10_000
-    n = float(np.atleast_1d(n)[0])
-    return 10_000 if math.isnan(n) else math.ceil(n)
+    def enough(n: int) -> bool:
+        return t_test_power(effect_size, n, level, paired, alternative) >= POWER
+
+    low, high = 1, 2  # enough(high) is what the loops look for; low never is
+    while not enough(high):
+        if high >= MAX_SEEDS:
+            return MAX_SEEDS
+        low, high = high, min(2 * high, MAX_SEEDS)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if enough(mid) else (mid, high)
+    return high
+
+
+def t_test_power(effect_size: float, n: int, level: float, paired: bool, alternative: str) -> float:
+    """Power of a paired (one-sample on the differences) or pooled two-sample t test with n
+    seeds per arm, from the noncentral t: `alternative` is "two-sided" or "larger"."""
+    df, nc = (n - 1, effect_size * math.sqrt(n)) if paired else (2 * n - 2, effect_size * math.sqrt(n / 2))
+    if alternative == "larger":
+        return float(sps.nct.sf(sps.t.ppf(1 - level, df), df, nc))
+    critical = sps.t.ppf(1 - level / 2, df)
+    return float(sps.nct.sf(critical, df, nc) + sps.nct.cdf(-critical, df, nc))
 
 
 # ---- sequential seeds ---------------------------------------------------------------------------
