@@ -208,3 +208,24 @@ def test_the_champion_version_page_shows_its_description(sweep, ui, page):
     body = _open(page, ui + review.version_page(STUDY, version), "the best trial of sweep")
     assert parent.data.tags[Tag.SWEEP_ID] in body
     assert "validation split" in body
+
+
+@pytest.mark.parametrize(
+    ("uri", "ui"),
+    [
+        ("sqlite:///mlflow.db", "http://127.0.0.1:5000"),  # `skeptic ui` serves it
+        ("http://me:secret@mlflow.lab:5000", "http://mlflow.lab:5000"),  # the server's own UI
+    ],
+)
+def test_a_finished_run_prints_its_parent_runs_page_in_the_ui_of_its_store(capsys, uri, ui):
+    from skeptic.cli import _print_outcome
+    from skeptic.runner import SweepOutcome
+    from skeptic.study import Verdict
+
+    outcome = SweepOutcome("s", "sweep", "run1", Verdict(None, ""), Path("r.md"), [], None, "3", uri)
+    _print_outcome(outcome)
+    out = capsys.readouterr().out
+    assert f"{ui}/{review.run_page('3', 'run1')}" in out
+    assert "secret" not in out
+    line = next(x for x in out.splitlines() if x.startswith("mlflow:"))
+    assert ("skeptic ui" in line) == uri.startswith("sqlite")

@@ -56,11 +56,14 @@ def _print_outcome(outcome: object) -> None:
     print(textwrap.indent(outcome.verdict.summary, "  "))
     print(f"report:  {outcome.report}")
     from skeptic import review
-    from skeptic.board import DEFAULT_UI
+    from skeptic.board import default_mlflow_url
 
+    ui = default_mlflow_url(outcome.tracking_uri)
     page = review.run_page(outcome.experiment_id, outcome.parent_run_id)
-    print(f"mlflow:  parent run {outcome.parent_run_id}: run `skeptic ui`, then open")
-    print(f"         {DEFAULT_UI}/{page}")
+    server = outcome.tracking_uri.startswith(("http://", "https://"))
+    how = "" if server else " run `skeptic ui`, then"  # a local store has no UI running
+    print(f"mlflow:  parent run {outcome.parent_run_id}:{how} open")
+    print(f"         {ui}/{page}")
     registered = outcome.registration
     if registered is None:
         print("model:   none registered (no eligible trial with a checkpoint)")

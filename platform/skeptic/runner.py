@@ -50,6 +50,7 @@ class SweepOutcome:
     results: list[TrialResult]
     registration: Registration | None  # the best trial's model version, if any
     experiment_id: str = ""
+    tracking_uri: str = ""
 
 
 class Phases(dict[str, float]):
@@ -193,7 +194,7 @@ def _conclude(sweep: Sweep, client: MlflowClient, register: str, phases: Phases)
     _describe(study, verdict, record, client, results, registration)
     return SweepOutcome(
         study.name, record.sweep_id, parent, verdict, report, results, registration,
-        record.experiment_id,
+        record.experiment_id, record.tracking_uri,
     )  # fmt: skip
 
 
