@@ -5,6 +5,7 @@ over that sweep's store."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -229,3 +230,31 @@ def test_a_finished_run_prints_its_parent_runs_page_in_the_ui_of_its_store(capsy
     assert "secret" not in out
     line = next(x for x in out.splitlines() if x.startswith("mlflow:"))
     assert ("skeptic ui" in line) == uri.startswith("sqlite")
+
+
+@pytest.mark.slow
+def test_skeptic_ui_stopped_by_sigterm_leaves_no_server_behind(mlflow_store, tmp_path):
+    import psutil
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "skeptic", "ui", "--port", str(port), "--tracking-uri", mlflow_store]
+    ui = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    children: list = []
+    try:
+        deadline = time.monotonic() + 90
+        while not _healthy(f"http://127.0.0.1:{port}"):
+            assert ui.poll() is None and time.monotonic() < deadline, "skeptic ui did not start"
+            time.sleep(0.5)
+        children = psutil.Process(ui.pid).children(recursive=True)
+        assert children, "the UI server runs in a child process"
+        ui.send_signal(signal.SIGTERM)
+        ui.wait(timeout=30)
+        _, alive = psutil.wait_procs(children, timeout=15)
+        assert alive == [], f"left running: {[p.cmdline() for p in alive]}"
+        assert not _healthy(f"http://127.0.0.1:{port}")
+    finally:
+        if ui.poll() is None:
+            ui.kill()
+        for proc in children:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import signal
@@ -196,7 +197,29 @@ def _cmd_mlflow_server(args: argparse.Namespace) -> int:
         f"MLflow tracking server on http://{args.host}:{args.port} (store {args.backend_store_uri})"
     )
     print(f"log to it with: --tracking-uri http://{args.host}:{args.port}")
-    return subprocess.call(cmd, env=env)
+    return _run_server(cmd, env)
+
+
+def _run_server(cmd: list[str], env: dict[str, str]) -> int:
+    """Run a server in the foreground until it exits or this command is stopped; then it
+    goes with everything it started (`mlflow server` leaves its uvicorn workers behind
+    otherwise). It stays in this process group, so a Ctrl-C or a kill of the group reaches
+    it as well."""
+    import psutil
+
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        return proc.wait()
+    finally:
+        if proc.poll() is None:
+            tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+            for each in tree:
+                with contextlib.suppress(psutil.Error):
+                    each.terminate()
+            _, alive = psutil.wait_procs(tree, timeout=10)
+            for each in alive:
+                with contextlib.suppress(psutil.Error):
+                    each.kill()
 
 
 def _cmd_board(args: argparse.Namespace) -> int:
@@ -239,7 +262,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     ui_url = f"http://{shown_host}:{args.port}"
     print(f"MLflow UI for {uri} on http://{args.host}:{args.port} (Ctrl-C to stop)")
     print(f"board:   {_ui_board(uri, ui_url)} (each study's runs, verdict and champion)")
-    return subprocess.call(cmd, env=env)
+    return _run_server(cmd, env)
 
 
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
