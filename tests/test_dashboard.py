@@ -19,7 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from skeptic import review, tracking
-from skeptic.schema import SWEEP, TRAINING_EXPERIMENT, MlflowTag, Tag
+from skeptic.schema import SWEEP, TRAINING_EXPERIMENT, Metric, MlflowTag, Tag
 from skeptic.study import get_study
 
 STUDY = "large_batch"
@@ -51,7 +51,7 @@ def test_the_experiment_is_a_model_training_experiment_with_a_runs_view(sweep):
     assert experiment.tags[MlflowTag.EXPERIMENT_KIND] == TRAINING_EXPERIMENT
     view = experiment.tags[MlflowTag.SHARED_VIEW + review.VIEW_KEY]
     for comparison in _decided(parent):
-        assert f"cmp.{comparison}.diff" in view
+        assert Metric.comparison(comparison, "diff") in view
 
 
 @pytest.mark.parametrize(
@@ -82,7 +82,7 @@ def test_the_parent_run_description_is_the_verdict_with_its_evidence(sweep):
     for comparison, decision in _decided(parent).items():
         row = next(line for line in note.splitlines() if line.startswith(f"| {comparison} |"))
         assert f"**{decision}**" in row
-        ci_low = parent.data.metrics[f"cmp.{comparison}.ci_low"]
+        ci_low = parent.data.metrics[Metric.comparison(comparison, "ci_low")]
         assert f"[{ci_low:+.4g}," in row  # the same numbers as the parent's metrics
     report = review.artifact_page(experiment.experiment_id, parent.info.run_id, "report/report.html")
     assert f"[report]({report})" in note
@@ -187,7 +187,7 @@ def test_the_runs_list_opens_in_the_training_view_with_the_deciding_numbers(swee
     assert "Group by" in body and "Columns" in body  # the training runs table
     assert "Detect Issues" not in body and "Token Usage" not in body  # not the GenAI overview
     for comparison in _decided(parent):
-        assert f"cmp.{comparison}.diff" in body  # a column of the runs list
+        assert Metric.comparison(comparison, "diff") in body  # a column of the runs list
 
 
 @pytest.mark.slow

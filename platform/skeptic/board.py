@@ -12,7 +12,6 @@ model registry; a study's code is consulted only for the belief of a run too old
 
 from __future__ import annotations
 
-import base64
 import functools
 import html
 import io
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from skeptic import review
-from skeptic.report import FOREST
+from skeptic.report import FOREST, data_uri
 from skeptic.schema import CHAMPION, SWEEP, Artifact, Metric, MlflowTag, Param, Tag
 from skeptic.spec import SpecError
 from skeptic.store import check_store, shown_uri, sqlite_path
@@ -323,10 +322,6 @@ def _date(seconds: float, short: bool = False) -> str:
     return time.strftime("%m-%d %H:%M" if short else "%Y-%m-%d %H:%M", time.gmtime(seconds))
 
 
-def _data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
 # ---------------------------------------------------------------- the page
 
 STYLE = """
@@ -446,7 +441,7 @@ def _evidence(s: StudyBoard) -> str:
         return "<h3>Evidence</h3><p class=note>No sweep of this study has finished yet.</p>"
     title = f"<h3>Evidence: the latest finished sweep, {html.escape(s.latest.sweep_id)}</h3>"
     plot = (
-        f'<img class=forest src="{_data_uri(s.forest)}" alt="forest plot of {html.escape(s.name)}">'
+        f'<img class=forest src="{data_uri(s.forest)}" alt="forest plot of {html.escape(s.name)}">'
         if s.forest else "<p class=note>(the forest plot is not in the store)</p>"
     )  # fmt: skip
     return f"{title}<div class=evidence><div>{_comparison_table(s.comparisons)}</div>{plot}</div>"
@@ -486,7 +481,7 @@ def _history(s: StudyBoard, mlflow_url: str) -> str:
     if len(s.sweeps) < 2:
         return f"<h3>History</h3><div class=cols><div>{table}</div></div>"
     alt = f"verdict history of {html.escape(s.name)}"
-    plot = f'<img src="{_data_uri(history_plot(s.sweeps))}" alt="{alt}">'
+    plot = f'<img src="{data_uri(history_plot(s.sweeps))}" alt="{alt}">'
     return f"<h3>History</h3><div class=cols><div>{table}</div>{plot}</div>"
 
 

@@ -131,7 +131,7 @@ def write_report(
         f"<h2>Deciding comparisons ({split} split)</h2>"
         f"{_html_table(comparison_rows(verdict.comparisons, study.report_metric))}"
         + (f"<h2>The paper beside this run</h2>{_html_table(verdict.paper)}" if verdict.paper else "")
-        + "".join(f'<img src="{_data_uri(folder / s)}" style="max-width:100%">' for s in images)
+        + "".join(f'<img src="{data_uri((folder / s).read_bytes())}" style="max-width:100%">' for s in images)
         + f"<h2>Numbers</h2>{_html_table(verdict.table)}<pre>{html.escape(verdict.details)}</pre>"
         f"<h2>Run</h2><pre>{html.escape(facts_md)}\n\n{html.escape(command)}</pre>"
     )
@@ -139,10 +139,10 @@ def write_report(
     return folder / "report.md"
 
 
-def _data_uri(png: Path) -> str:
-    """A PNG inside the HTML page: the page is one file that MLflow's artifact preview (a
-    sandboxed frame) and a mail attachment show whole."""
-    return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+def data_uri(png: bytes) -> str:
+    """A PNG inside an HTML page: the page is one file that MLflow's artifact preview (a
+    sandboxed frame), a mail attachment or a machine without network show whole."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def shown_command(command: str) -> str:

@@ -65,11 +65,19 @@ def runs_view(study: Study, judged: list[Judged]) -> str:
 
 
 @dataclass(frozen=True)
+class SweepRef:
+    """Where a sweep lives in the tracking store."""
+
+    sweep_id: str
+    experiment_id: str
+    parent_run_id: str
+
+
+@dataclass(frozen=True)
 class SweepFacts:
     """What the description says about the sweep beside its verdict."""
 
-    experiment_id: str
-    parent_run_id: str
+    sweep: SweepRef
     trials: int
     seeds: int  # distinct seeds among its trials
     started_ms: int  # the parent run's start (MLflow's milliseconds)
@@ -79,7 +87,7 @@ class SweepFacts:
 def sweep_description(study: Study, verdict: Verdict, facts: SweepFacts) -> str:
     """The parent run's description (Markdown): label, belief, paper, the reason, one table
     row per comparison, the size and duration of the sweep, links to report and champion."""
-    e, r = facts.experiment_id, facts.parent_run_id
+    e, r = facts.sweep.experiment_id, facts.sweep.parent_run_id
     report = f"{Artifact.REPORT}/report.html"
     links = [
         f"[report]({artifact_page(e, r, report)})",
@@ -129,15 +137,6 @@ def comparisons_table(judged: list[Judged], metric: str) -> str:
             f"| {c.name} | {question} | {diff} | {ci} | {j.p_adjusted:.3g} | **{j.decision}** |"
         )
     return "\n".join(lines) + "\n"
-
-
-@dataclass(frozen=True)
-class SweepRef:
-    """Where a sweep lives in the tracking store."""
-
-    sweep_id: str
-    experiment_id: str
-    parent_run_id: str
 
 
 @dataclass(frozen=True)

@@ -230,7 +230,7 @@ def _describe(
 ) -> None:  # fmt: skip
     """The verdict and its evidence as the parent run's description, for the MLflow UI."""
     facts = SweepFacts(
-        record.experiment_id, record.parent_run_id, len(results),
+        _ref(record), len(results),
         len({t.params.get(Param.SEED) for t in results}),
         client.get_run(record.parent_run_id).info.start_time,
         registration.version if registration else None,
@@ -238,6 +238,10 @@ def _describe(
     client.set_tag(record.parent_run_id, MlflowTag.NOTE, sweep_description(study, verdict, facts))
     view = runs_view(study, verdict.comparisons)
     client.set_experiment_tag(record.experiment_id, MlflowTag.SHARED_VIEW + VIEW_KEY, view)
+
+
+def _ref(record: SweepRecord) -> SweepRef:
+    return SweepRef(record.sweep_id, record.experiment_id, record.parent_run_id)
 
 
 def _register(
@@ -254,8 +258,7 @@ def _register(
     tags = client.get_run(record.parent_run_id).data.tags
     if tags.get(Tag.CHAMPION_RUN_ID) == best[0].run_id:
         return registered_before(study, tags[Tag.CHAMPION_VERSION])
-    ref = SweepRef(record.sweep_id, record.experiment_id, record.parent_run_id)
-    registration = register_best(study, best, ref, verdict, policy, metric, mode)
+    registration = register_best(study, best, _ref(record), verdict, policy, metric, mode)
     client.set_tag(record.parent_run_id, Tag.CHAMPION_VERSION, registration.version)
     client.set_tag(record.parent_run_id, Tag.CHAMPION_RUN_ID, best[0].run_id)
     return registration

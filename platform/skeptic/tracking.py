@@ -47,7 +47,8 @@ def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str
     if existing is None:
         root = artifacts_root(tracking_uri)
         try:
-            client.create_experiment(name, artifact_location=root and root.as_uri())
+            kind = {MlflowTag.EXPERIMENT_KIND: TRAINING_EXPERIMENT}
+            client.create_experiment(name, artifact_location=root and root.as_uri(), tags=kind)
         except MlflowException:  # another sweep created it a moment ago
             pass
         existing = client.get_experiment_by_name(name)
