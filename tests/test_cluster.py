@@ -7,26 +7,21 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from netutil import healthy
 
+from serving.control import free_port
 from skeptic.cli import main
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _kill_matching(needle: str) -> None:
@@ -49,14 +44,14 @@ def _kill_matching(needle: str) -> None:
 
 def _head_command(temp: Path) -> tuple[list[str], str]:
     """`ray start --head` on loopback, every port its own; and its dashboard address."""
-    dashboard = _free_port()
+    dashboard = free_port()
     cmd = [
-        str(BIN / "ray"), "start", "--head", f"--port={_free_port()}", "--node-ip-address=127.0.0.1",
+        str(BIN / "ray"), "start", "--head", f"--port={free_port()}", "--node-ip-address=127.0.0.1",
         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-        f"--ray-client-server-port={_free_port()}", "--num-cpus=2", f"--temp-dir={temp}",
+        f"--ray-client-server-port={free_port()}", "--num-cpus=2", f"--temp-dir={temp}",
         # every port its own: fixed defaults (e.g. the agent's 52365) collide with other heads
-        f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-        f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
         "--disable-usage-stats",
     ]  # fmt: skip
     return cmd, f"http://127.0.0.1:{dashboard}"
@@ -97,26 +92,19 @@ def token_head(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "skeptic", "mlflow-server", "--port", str(port),
            "--backend-store-uri", f"sqlite:///{root / 'db.sqlite'}",
            "--artifacts-destination", str(root / "artifacts")]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=root, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait(lambda: _healthy(url), 90, "mlflow server")
+        _wait(lambda: healthy(url), 90, "mlflow server")
         yield url, root / "artifacts"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 def _wait(check, timeout: float, what: str) -> None:
@@ -195,7 +183,7 @@ def test_clear_errors_before_anything_is_submitted(ray_head, mlflow_server, caps
     uri, _ = mlflow_server
     assert main(["status", "no-such-job", "--address", ray_head]) == 2
     assert "unknown" in capsys.readouterr().err
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     assert main(["submit", "large_batch", "--smoke", "--address", dead, "--tracking-uri", uri]) == 2
     assert dead in capsys.readouterr().err
     jobs_before = len(main_jobs(ray_head))

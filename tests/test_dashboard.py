@@ -8,16 +8,16 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from netutil import healthy
 
+from serving.control import free_port
 from skeptic import review, tracking
 from skeptic.schema import SWEEP, TRAINING_EXPERIMENT, Metric, MlflowTag, Tag
 from skeptic.study import get_study
@@ -114,25 +114,13 @@ def test_the_champion_version_says_where_it_came_from(sweep):
 # --- the same, in a real browser --------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=2) as answer:
-            return answer.status == 200
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
 def ui(sweep):
     """A real `mlflow server` on 127.0.0.1 over the sweep's store; stopped even on failure."""
     client, _, _, folder = sweep
-    port = _free_port()
+    port = free_port()
     cmd = [
         sys.executable, "-m", "mlflow", "server", "--backend-store-uri", client.tracking_uri,
         "--default-artifact-root", (Path(folder) / "mlartifacts").as_uri(),
@@ -146,7 +134,7 @@ def ui(sweep):
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 90
-        while not _healthy(url.rstrip("/")):
+        while not healthy(url):
             assert proc.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
             time.sleep(0.5)
         yield url
@@ -236,13 +224,13 @@ def test_a_finished_run_prints_its_parent_runs_page_in_the_ui_of_its_store(capsy
 def test_skeptic_ui_stopped_by_sigterm_leaves_no_server_behind(mlflow_store, tmp_path):
     import psutil
 
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "skeptic", "ui", "--port", str(port), "--tracking-uri", mlflow_store]
     ui = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     children: list = []
     try:
         deadline = time.monotonic() + 90
-        while not _healthy(f"http://127.0.0.1:{port}"):
+        while not healthy(f"http://127.0.0.1:{port}"):
             assert ui.poll() is None and time.monotonic() < deadline, "skeptic ui did not start"
             time.sleep(0.5)
         children = psutil.Process(ui.pid).children(recursive=True)
@@ -251,7 +239,7 @@ def test_skeptic_ui_stopped_by_sigterm_leaves_no_server_behind(mlflow_store, tmp
         ui.wait(timeout=30)
         _, alive = psutil.wait_procs(children, timeout=15)
         assert alive == [], f"left running: {[p.cmdline() for p in alive]}"
-        assert not _healthy(f"http://127.0.0.1:{port}")
+        assert not healthy(f"http://127.0.0.1:{port}")
     finally:
         if ui.poll() is None:
             ui.kill()

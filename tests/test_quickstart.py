@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from serving.control import free_port
 
 # ~90 s on 2 idle cores; a busy machine may take twice that, a hang takes forever.
 WITHIN_S = 360
@@ -30,11 +31,6 @@ UNWANTED = (
 )
 PYTHON_WARNING = re.compile(r"\b\w*Warning: .*")  # how `warnings` prints one
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _skeptic(*argv: str, env: dict[str, str], cwd: Path, timeout: float) -> tuple[int, str]:
@@ -81,7 +77,7 @@ def test_quickstart_serves_a_model_that_answers_right(tmp_path: Path) -> None:
     drop = ("RAY_ADDRESS", "RAY_AUTH", "MLFLOW_TRACKING_URI", "SKEPTIC_API_TOKEN")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env["RAY_TMPDIR"] = ray_tmp  # its own head, never one already running here
-    port = _free_port()  # not 8000: another server may have it
+    port = free_port()  # not 8000: another server may have it
     started = time.monotonic()
     try:
         code, out = _skeptic("quickstart", "--port", str(port), env=env, cwd=tmp_path, timeout=900)

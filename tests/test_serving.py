@@ -30,6 +30,7 @@ import yaml
 from PIL import Image
 
 from serving.api import token_digest, token_ok
+from serving.control import free_port
 from serving.model_ref import ModelRefError, parse_model_ref, version_metric
 from skeptic.schema import Tag
 
@@ -45,11 +46,6 @@ SHAPE = tuple(CONFIG["input_shape"])
 
 # --- helpers -----------------------------------------------------------------------------------
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _http(method: str, url: str, body: object = None, *, raw: bytes | None = None,
@@ -162,7 +158,7 @@ def served(ray_session, store):
 
     from serving.control import deploy, wait_healthy
 
-    port = _free_port()
+    port = free_port()
     args = {
         "model": f"{NAME}@champion", "tracking_uri": store["uri"], "token": TOKEN,
         "ray_actor_options": {"num_cpus": 0.5}, "max_payload_bytes": 256 * 1024,
@@ -604,7 +600,7 @@ def test_cli_serve_config_query_list_and_shutdown(store, tmp_path) -> None:
     from serving import control
 
     ray_tmp = tempfile.mkdtemp(prefix="sk-", dir="/tmp")  # short: Ray's socket paths
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
     env.update(RAY_TMPDIR=ray_tmp, SKEPTIC_API_TOKEN=TOKEN, MLFLOW_TRACKING_URI=store["uri"])
     config = yaml.safe_load((ROOT / "serving/large_batch.yaml").read_text())

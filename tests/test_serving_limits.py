@@ -19,9 +19,10 @@ from typing import Self
 import numpy as np
 import pytest
 from PIL import Image
-from test_serving import NAME, SHAPE, TOKEN, _b64, _free_port, _http, _png, store  # noqa: F401
+from test_serving import NAME, SHAPE, TOKEN, _b64, _http, _png, store  # noqa: F401
 
 from serving.api import RequestError, json_depth, parse_body
+from serving.control import free_port
 
 APP = "limits"
 MAX_PAYLOAD = 4 * 1024 * 1024  # ServeArgs' default
@@ -102,7 +103,7 @@ def limited(ray_session, store):  # noqa: F811 (pytest passes the imported fixtu
 
     from serving.control import deploy, wait_healthy
 
-    port = _free_port()
+    port = free_port()
     args = {
         "model": f"{NAME}@champion", "tracking_uri": store["uri"], "token": TOKEN,
         "ray_actor_options": {"num_cpus": 0.5}, "batch_wait_timeout_s": 0.005,
