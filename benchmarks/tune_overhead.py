@@ -31,12 +31,13 @@ for k, v in {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
 import torch
 
 from skeptic.cli import main as skeptic
+from skeptic.contexts import OneProcess
 from skeptic.spec import grid_points, load_spec, resolve_params
 from skeptic.study import get_study
 
 
 @dataclass
-class PlainContext:
+class PlainContext(OneProcess):
     """What a hand-written loop gives the training code: no tracking, no checkpoints."""
 
     params: Any

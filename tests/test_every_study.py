@@ -31,6 +31,7 @@ from pydantic import BaseModel, ValidationError
 
 from skeptic import study as studies
 from skeptic.cli import main
+from skeptic.contexts import OneProcess
 from skeptic.device import pick_device, seed_everything
 from skeptic.planning import check_before_start, sampled_dims, swept_names
 from skeptic.schema import ENDED, SWEEP, MlflowTag, Tag
@@ -83,7 +84,7 @@ class _Reported(Exception):
 
 
 @dataclass
-class FirstEpoch:
+class FirstEpoch(OneProcess):
     """A skeptic.api.TrialContext that keeps the trial's first report and stops it there."""
 
     params: Any

@@ -24,12 +24,13 @@ from jobs.large_batch.verdict import (
     RA_NO_GBN,
     REPORTED,
 )
+from skeptic.contexts import OneProcess
 from skeptic.spec import load_spec
 from skeptic.stats import judge
 from skeptic.study import TrialResult
 
 
-class RecordingContext:
+class RecordingContext(OneProcess):
     """A TrialContext that keeps what the study reports (no Ray, no MLflow)."""
 
     def __init__(self, params: Params, data: dict[str, Any], seed: int = 0) -> None:

@@ -36,6 +36,7 @@ from jobs.metaformer.mixers import (
 )
 from jobs.metaformer.study import MetaFormerStudy, Params, count_macs, count_params
 from skeptic import stats
+from skeptic.contexts import OneProcess
 from skeptic.schema import Metric, Tag
 from skeptic.spec import load_spec
 from skeptic.stats import Decision
@@ -334,7 +335,7 @@ def test_spread_keeps_order_and_gap_and_stays_in_range():
 
 
 @dataclass
-class _Ctx:
+class _Ctx(OneProcess):
     """The TrialContext a trial sees (skeptic.api), kept in memory: every report."""
 
     params: Params

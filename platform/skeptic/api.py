@@ -7,12 +7,12 @@ the engine (skeptic.runner, .trial, .stages, .tracking, .champion) depends on th
 never the other way round.
 """
 
-from skeptic.contexts import StageContext, TrialContext
+from skeptic.contexts import OneProcess, StageContext, TrialContext
 from skeptic.data import DataError, DataPlan
 from skeptic.schema import Outcome
 from skeptic.spec import Spec, SpecError, grid_points, sweep_params
 from skeptic.stats import Compare, Decision, Judged, Question, summarize
-from skeptic.study import Evidence, Stage, Study, TrialResult, register_study
+from skeptic.study import Evidence, Preset, Stage, Study, TrialResult, register_study
 
 __all__ = [
     "Compare",
@@ -21,7 +21,9 @@ __all__ = [
     "Decision",
     "Evidence",
     "Judged",
+    "OneProcess",
     "Outcome",
+    "Preset",
     "Question",
     "Spec",
     "SpecError",

@@ -17,6 +17,7 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from safetensors.torch import save_file
 
+from skeptic.distributed import result_checkpoint
 from skeptic.review import Champion, SweepRef, split_name, version_description
 from skeptic.schema import CHAMPION, Artifact, MlflowTag, Outcome, Tag
 from skeptic.store import store_lock
@@ -163,7 +164,7 @@ def best_trial(
         (t, r)
         for t, r in collected
         if t.outcome != Outcome.FAILED
-        and r.checkpoint
+        and result_checkpoint(r)
         and metric in t.final
         and study.champion_eligible(t)
     ]
@@ -180,7 +181,7 @@ def register_best(
     """Register the best trial's last checkpointed model, described and tagged with where it
     came from: the sweep, its verdict, the metric that chose it and on which split."""
     trial, result = best
-    with result.checkpoint.as_directory() as path:
+    with result_checkpoint(result).as_directory() as path:
         state = torch.load(Path(path) / STATE_FILE, weights_only=True, map_location="cpu")["state"]
     params = {k: v for k, v in trial.params.items() if k in study.Params.model_fields}
     score = trial.final[metric]

@@ -38,18 +38,29 @@ def _cmd_studies(args: argparse.Namespace) -> int:
 
     for name, cls in all_studies().items():
         print(f"{name}\n  belief: {cls.belief}\n  paper:  {cls.paper}")
+        for preset, about in cls.presets.items():
+            print(f"  --preset {preset}: {about.about}")
     for module, why in BROKEN.items():
         print(f"error: study module {module} failed to import: {why}", file=sys.stderr)
     return 1 if BROKEN else 0
 
 
 def _load(args: argparse.Namespace) -> tuple:
-    from skeptic.spec import load_spec
+    from skeptic.spec import SpecError, load_spec
     from skeptic.study import get_study
 
     study = get_study(args.study)
     smoke = study.smoke if args.smoke else None
-    return study, load_spec(study.name, study.defaults, study.Params, smoke, args.spec, args.set)
+    preset = None
+    if args.preset is not None:
+        if args.preset not in study.presets:
+            known = ", ".join(study.presets) or "none"
+            raise SpecError(f"--preset: study {study.name} has no preset {args.preset!r} (presets: {known})")
+        preset = (args.preset, study.presets[args.preset].spec)
+    spec = load_spec(
+        study.name, study.defaults, study.Params, smoke, args.spec, args.set, preset=preset
+    )
+    return study, spec
 
 
 def _print_outcome(outcome: object) -> None:
@@ -272,6 +283,10 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="override one spec value, e.g. --set sweep.seeds=3 --set train.epochs=5",
     )  # fmt: skip
+    p.add_argument(
+        "--preset", metavar="NAME",
+        help="a named spec the study ships, e.g. paper (the paper's setting; see `skeptic studies`)",
+    )  # fmt: skip
     p.add_argument("--smoke", action="store_true", help="tiny sweep (a minute or two on 2 cores)")
     p.add_argument(
         "--storage", help="where Tune keeps results and checkpoints (default ./skeptic-runs)"
@@ -337,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run",
         help="sweep a study on Ray Tune, track it in MLflow, judge it, register the champion",
-        description="Sweep a study. Spec = study defaults <- --smoke <- --spec FILE <- --set.",
+        description="Sweep a study. Spec = study defaults <- --preset <- --smoke <- --spec FILE <- --set.",
     )
     _add_spec_args(p)
     p.add_argument(

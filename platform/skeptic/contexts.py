@@ -42,8 +42,29 @@ class TrialContext(Protocol[P_co]):
     @property
     def upstream(self) -> dict[str, Any]: ...  # stage name -> its result
 
+    @property
+    def weights_path(self) -> str | None: ...  # the spec's model.weights_path
+
+    @property
+    def rank(self) -> int: ...  # this process's rank among the trial's workers
+
+    @property
+    def world_size(self) -> int: ...  # the trial's training processes (resources.workers)
+
     def autocast(self) -> contextlib.AbstractContextManager:
         """Wrap forward passes in this: bf16 autocast on CUDA when the spec asks for it."""
+        ...
+
+    def prepare_model(self, model: torch.nn.Module, *, conv: bool = True) -> torch.nn.Module:
+        """The module to train, from a model already on `device`: channels_last on CUDA for
+        a conv net, torch.compile when the spec asks, DistributedDataParallel over the
+        trial's workers. Keep the plain model for state_dict(), evaluation and checkpoints
+        (they share its parameters)."""
+        ...
+
+    def shard(self, idx: torch.Tensor) -> torch.Tensor:
+        """This worker's part of a global mini-batch's indices (all of them for one worker):
+        draw the same global order on every worker and train on the shard."""
         ...
 
     def report(
@@ -81,8 +102,30 @@ class StageContext(Protocol):
     @property
     def upstream(self) -> dict[str, dict[str, Any]]: ...  # earlier stages' results
 
+    @property
+    def weights_path(self) -> str | None: ...  # the spec's model.weights_path
+
     def log(self, metrics: dict[str, float], step: int) -> None:
         """Log metrics (e.g. per epoch) to the stage's MLflow run."""
         ...
 
     def autocast(self) -> contextlib.AbstractContextManager: ...
+
+
+class OneProcess:
+    """The multi-worker part of a TrialContext for code that calls a study's `train`
+    outside Skeptic (a test's stand-in context, a benchmark's plain loop): one process,
+    rank 0, the model trained as it is. Subclass it and add params, data, report, ..."""
+
+    rank: int = 0
+    world_size: int = 1
+    weights_path: str | None = None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def prepare_model(self, model: torch.nn.Module, *, conv: bool = True) -> torch.nn.Module:
+        return model
+
+    def shard(self, idx: torch.Tensor) -> torch.Tensor:
+        return idx

@@ -8,7 +8,8 @@ from typing import Any
 
 from ray import tune
 
-from skeptic.preflight import check_resources, preflight
+from skeptic.data import DataPlan
+from skeptic.preflight import check_data, check_resources, preflight
 from skeptic.schema import Param
 from skeptic.spec import (
     Dim,
@@ -19,10 +20,11 @@ from skeptic.spec import (
     grid_points,
     resolve_params,
     seed_looks,
+    seed_values,
 )
 from skeptic.stages import plan_tasks
 from skeptic.stats import ALPHA, Compare, look_levels
-from skeptic.study import Study
+from skeptic.study import Preset, Study
 
 
 def check_before_start(study: Study, spec: Spec, address: str | None) -> None:
@@ -58,7 +60,8 @@ def check_comparisons(study: Study, spec: Spec) -> None:
     width, say) an arm would have two trials per seed, which cannot be paired, and the
     platform would find out only when judging, after every trial ran."""
     compares = study.comparisons(spec)
-    if compares and not spec.data.test_fraction and _default_data(study):
+    released_test = spec.data.name.startswith("cifar") or spec.data.stream  # checked by the plan
+    if compares and not spec.data.test_fraction and _default_data(study) and not released_test:
         raise SpecError(
             f"data.test_fraction: 0 leaves no test split, and the comparisons judge "
             f"{study.report_metric} on it; give e.g. 0.2"
@@ -120,18 +123,25 @@ def swept_names(spec: Spec) -> list[str]:
 
 
 def describe_plan(study: Study, spec: Spec, address: str | None = None) -> str:
-    """What --dry-run prints: the trial count and every grid point (after every check)."""
-    check_before_start(study, spec, address)
+    """What --dry-run prints: the trial count, every grid point, the preset's data and its
+    GPU-hours estimate (after every check). A plan is also for a cluster: data that is not
+    on this machine and trials this machine cannot fit are listed, not refused."""
+    check_selection_metric(selection_metric(study, spec), "sweep.metric")
+    preflight(study, spec, local_data=False)
+    check_comparisons(study, spec)
+    plan, absent = _local_plan(study, spec, address)
     points = grid_points(spec)
     sweep, resources, looks = spec.sweep, spec.resources, seed_looks(spec)
+    workers = f", {resources.workers} workers (DDP)" if resources.workers > 1 else ""
     lines = [
         (
             f"study {study.name}: {count_trials(spec)} trials = {len(points)} grid points"
             f" x {looks[0]} seeds x {sweep.num_samples} samples"
         ),
         (
-            f"scheduler {sweep.scheduler.kind}, per trial cpu={resources.cpu}"
-            f" gpu={resources.gpu}, max concurrent {sweep.max_concurrent_trials or 'auto'}"
+            f"scheduler {sweep.scheduler.kind}, per trial{workers} cpu={resources.cpu}"
+            f" gpu={resources.gpu}{' per worker' if workers else ''},"
+            f" max concurrent {sweep.max_concurrent_trials or 'auto'}"
         ),
     ]
     for name, dim in sampled_dims(spec).items():
@@ -144,8 +154,80 @@ def describe_plan(study: Study, spec: Spec, address: str | None = None) -> str:
             f"stage {stage.name}: {count} tasks (by {', '.join(stage.depends_on)} x seed), {how}"
         )
     lines += _comparison_lines(study, spec, looks)
+    if spec.preset is not None:
+        lines += _preset_lines(study, spec, spec.preset, plan)
+    lines += [f"not ready on this machine: {why}" for why in absent]
     lines += [f"  [{i}] {json.dumps(point, default=str)}" for i, point in enumerate(points)]
     return "\n".join(lines)
+
+
+def _local_plan(study: Study, spec: Spec, address: str | None) -> tuple[DataPlan | None, list[str]]:
+    """The data as read here, and what keeps the sweep from starting on this machine: a
+    data.path or model.weights_path that does not exist here (it may on the cluster), or a
+    trial larger than this machine. Anything else wrong is an error, as in a run."""
+    absent = []
+    plan = None
+    if _missing_here(spec.data.path):
+        absent.append(f"data.path {spec.data.path} (a run reads it where the trials run)")
+    else:
+        plan = check_data(study, spec, scan=True)
+    if _missing_here(spec.model.weights_path):
+        absent.append(f"model.weights_path {spec.model.weights_path}")
+    try:
+        check_resources(spec, address)
+    except SpecError as err:
+        absent.append(str(err))
+    return plan, absent
+
+
+def _missing_here(path: str | None) -> bool:
+    from pathlib import Path
+
+    return path is not None and not Path(path).exists()
+
+
+def _preset_lines(study: Study, spec: Spec, name: str, plan: DataPlan | None) -> list[str]:
+    preset = study.presets[name]
+    low, high, images = gpu_hours(study, spec, preset, plan)
+    span = f"{low:,.0f}" if low == high else f"{low:,.0f} (first look) to {high:,.0f} (every look)"
+    return [
+        f"preset {name}: {preset.about}",
+        f"data: {preset.data}",
+        (
+            f"GPU-hours: {span} on {preset.gpu}: {images:.3g} training images x "
+            f"{preset.seconds_per_image:.3g} s/image ({preset.cost_basis})"
+        ),
+    ]
+
+
+def gpu_hours(
+    study: Study, spec: Spec, preset: Preset, plan: DataPlan | None
+) -> tuple[float, float, float]:
+    """(GPU-hours at the first look, at the last look of a seed rule, training images at the
+    last look): every trial's and stage run's `work` x the preset's seconds per image."""
+    n = plan.n_train if plan else _stated_train_images(spec, preset)
+    looks = seed_looks(spec)
+    per_point = [study.work(resolve_params(spec, study.Params, _strip(p)), n) for p in grid_points(spec)]
+
+    def images(seeds: int) -> float:
+        stages = plan_tasks(study, spec, salt="", seeds=seed_values(spec, 0, seeds))
+        stage_images = sum(study.stage_work(t.stage, dict(t.config), n) for t in stages)
+        return (sum(per_point) * seeds + stage_images) * spec.sweep.num_samples
+
+    first, last = images(looks[0]), images(looks[-1])
+    per_hour = preset.seconds_per_image / 3600
+    return first * per_hour, last * per_hour, last
+
+
+def _strip(point: dict) -> dict:
+    return {k: v for k, v in point.items() if k != "arm"}
+
+
+def _stated_train_images(spec: Spec, preset: Preset) -> int:
+    """Training images per epoch when the data is not readable here: the preset's count,
+    capped at data.size, less validation (and test, when it is held out of the same set)."""
+    n = min(spec.data.size, preset.train_images)
+    return int(n * (1 - spec.data.val_fraction - spec.data.test_fraction))
 
 
 def _comparison_lines(study: Study, spec: Spec, looks: tuple[int, ...]) -> list[str]:

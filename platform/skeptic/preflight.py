@@ -35,6 +35,8 @@ def preflight(study: Study, spec: Spec, *, local_data: bool = True) -> None:
     check_stage_sharing(study, spec)
     check_stage_fields(study, spec)
     data = check_data(study, spec, scan=local_data)
+    if local_data:
+        check_weights(spec)
     check_ignored_data(study, spec)
     study.check_spec(spec, data)
 
@@ -47,11 +49,18 @@ def check_data(study: Study, spec: Spec, *, scan: bool = True) -> DataPlan | Non
         raise SpecError(f"data.{err.field}: {err}") from None
 
 
+def check_weights(spec: Spec) -> None:
+    """model.weights_path, where the trials will read it (the study checks its contents)."""
+    path = spec.model.weights_path
+    if path is not None and not os.path.isfile(path):
+        raise SpecError(f"model.weights_path: no such file: {path}")
+
+
 def check_ignored_data(study: Study, spec: Spec) -> None:
     """The digits are 8x8 and never resized: an image size the user asked for would be
     ignored (the study's own value, or the spec's default, is just not used)."""
     size, default = spec.data.image_size, Data.model_fields["image_size"].default
-    if spec.data.name == "digits" and _user_given(study, ("data", "image_size"), size, default):
+    if spec.data.name == "digits" and _user_given(study, spec, ("data", "image_size"), size, default):
         raise SpecError(
             f"data.image_size: {size} would be ignored, the digits are 8x8 and are not "
             "resized; leave data.image_size unset with data.name=digits"
@@ -77,7 +86,7 @@ def check_overridden(study: Study, spec: Spec) -> None:
     arms = spec.sweep.arms
     every_arm = set.intersection(*(set(arm) for arm in arms.values())) if arms else set()
     for key, value in spec.train.items():
-        if not _user_given(study, ("train", key), value):
+        if not _user_given(study, spec, ("train", key), value):
             continue
         if key in spec.sweep.space:
             raise SpecError(
@@ -90,7 +99,7 @@ def check_overridden(study: Study, spec: Spec) -> None:
                 f"({', '.join(arms)}) sets {key}; change it in the arms instead"
             )
     for name, dim in spec.sweep.space.items():
-        if name in every_arm and _user_given(study, ("sweep", "space", name), dim):
+        if name in every_arm and _user_given(study, spec, ("sweep", "space", name), dim):
             raise SpecError(
                 f"sweep.space.{name}: never used, every arm of sweep.arms ({', '.join(arms)}) "
                 f"sets {name} and arm values win over grid values; remove {name} from the arms "
@@ -106,10 +115,13 @@ def check_stage_sharing(study: Study, spec: Spec) -> None:
         )
 
 
-def _user_given(study: Study, path: tuple[str, ...], value: Any, default: Any = _MISSING) -> bool:
+def _user_given(
+    study: Study, spec: Spec, path: tuple[str, ...], value: Any, default: Any = _MISSING
+) -> bool:  # fmt: skip
     """Whether `value` at `path` differs from what the study's own layers (its defaults,
-    its smoke overrides) put there, or, where they put nothing, from `default`."""
-    found = [_lookup(layer, path) for layer in (study.defaults, study.smoke)]
+    its smoke overrides, its presets) put there, or, where they put nothing, from `default`."""
+    preset = study.presets[spec.preset].spec if spec.preset in study.presets else {}
+    found = [_lookup(layer, path) for layer in (study.defaults, preset, study.smoke)]
     found = [f for f in found if f is not _MISSING] or [default]
     return not any(f is not _MISSING and _same(f, value) for f in found)
 

@@ -145,7 +145,7 @@ def _tuner(
     spec, record = sweep.spec, sweep.record
     setup = TrialSetup(
         spec, record.tracking_uri, record.experiment_id, record.parent_run_id, swept_names(spec),
-        sweep.salt, shared, started_at=time.time(), round=look,
+        sweep.salt, shared, started_at=time.time(), round=look, folder=str(run.folder),
     )  # fmt: skip
     return make_tuner(sweep.study, spec, setup, sweep.data_ref, run, verbose, restore)
 

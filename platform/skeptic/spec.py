@@ -1,4 +1,4 @@
-"""The typed, validated sweep spec: study defaults <- smoke <- YAML file <- --set overrides.
+"""The typed, validated sweep spec: study defaults <- preset <- smoke <- YAML file <- --set.
 
 Every section forbids unknown keys, so a misspelt key is an error that names it.
 The study's own training parameters are validated by the study's `Params` model.
@@ -144,13 +144,19 @@ RESOURCE_UNIT = 0.0001
 
 
 class Resources(_Strict):
+    # per training process: a trial has `workers` of them
     cpu: float = Field(1, ge=RESOURCE_UNIT)
-    gpu: float = Field(0, ge=0)  # per trial; fractional values pack trials on one GPU
+    gpu: float = Field(0, ge=0)  # fractional values pack processes on one GPU
+    # > 1: the trial is a Ray Train TorchTrainer (DDP) of this many processes, on any nodes;
+    # the spec's batch size stays the global batch, split across them
+    workers: int = Field(1, ge=1)
     bf16: bool = False  # bf16 autocast on CUDA, so it needs gpu > 0 (_check_resources)
+    compile: bool = False  # torch.compile the trained model (off until measured per model)
 
 
 class Data(_Strict):
-    name: Literal["shapes", "digits", "imagefolder"] = "shapes"  # skeptic.data.DATASET_NAMES
+    # skeptic.data.DATASET_NAMES
+    name: Literal["shapes", "digits", "imagefolder", "cifar10", "cifar100"] = "shapes"
     size: int = Field(2000, ge=10)
     val_fraction: float = Field(0.2, gt=0, lt=1)  # for every choice (lr, epoch, champion)
     test_fraction: float = Field(0.2, ge=0, lt=1)  # for the numbers the verdict reports
@@ -158,13 +164,24 @@ class Data(_Strict):
     domain: str | None = None
     image_size: int = Field(32, ge=4, le=512)
     seed: int = Field(0, ge=0, le=MAX_SEED)
+    # imagefolder only: trials read images from disk through DataLoaders (ImageNet scale)
+    # instead of getting decoded arrays; the study's training loop must stream
+    stream: bool = False
+
+
+class Model(_Strict):
+    # weights the study's model starts from (e.g. ImageNet-pretrained ResNet-50), a file
+    # on the machines the trials run on: nothing is downloaded
+    weights_path: str | None = None
 
 
 class Spec(_Strict):
     study: str
+    preset: str | None = None  # the study's named spec this one started from (--preset)
     sweep: Sweep = Sweep()
     resources: Resources = Resources()
     data: Data = Data()
+    model: Model = Model()
     train: dict[str, Any] = {}
 
 
@@ -284,6 +301,11 @@ def _check_resources(r: Resources) -> None:
             f"resources.gpu: {r.gpu} GPUs per trial; above 1 Ray takes whole GPUs only "
             "(fractions below 1, such as 0.25, pack trials on one GPU)"
         )
+    if r.compile and r.gpu == 0:
+        raise SpecError(
+            "resources.compile: torch.compile is for CUDA trials here (on CPU its compile time "
+            "outweighs the gain at these sizes); set resources.gpu > 0 or compile=false"
+        )
     if r.bf16 and r.gpu == 0:
         raise SpecError(
             "resources.bf16: bf16 autocast runs on CUDA only, and resources.gpu=0 runs every "
@@ -336,7 +358,7 @@ def _check_data(data: Data) -> None:
     try:
         plan_dataset(
             data.name, data.size, data.val_fraction, data.domain, data.path, data.image_size,
-            scan=False, test_fraction=data.test_fraction,
+            scan=False, test_fraction=data.test_fraction, stream=data.stream,
         )  # fmt: skip
     except DataError as err:
         raise SpecError(f"data.{err.field}: {err}") from None
@@ -486,14 +508,20 @@ def load_spec(
     smoke: dict | None = None,
     spec_file: str | Path | None = None,
     sets: list[str] = (),
+    preset: tuple[str, dict] | None = None,
 ) -> Spec:
+    """study defaults <- preset (its name, its spec) <- smoke <- --spec file <- --set,
+    validated. The spec records the preset's name: no layer can claim another."""
     raw = deep_merge({"study": study_name}, defaults)
+    if preset:
+        raw = deep_merge(raw, preset[1])
     if smoke:
         raw = deep_merge(raw, smoke)
     if spec_file:
         raw = deep_merge(raw, read_spec_file(spec_file))
     for assignment in sets:
         raw = deep_merge(raw, parse_set(assignment))
+    raw["preset"] = preset[0] if preset else None
     if raw.get("study") != study_name:
         raise SpecError(
             f"study: spec is for {raw.get('study')!r}, but the command runs {study_name!r}"

@@ -30,6 +30,7 @@ from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
+from skeptic.data import materialize
 from skeptic.device import autocast, pick_device, seed_everything
 from skeptic.schema import ERROR_CHARS, Artifact, MlflowTag, Outcome, Param, Tag
 from skeptic.spec import (
@@ -72,6 +73,7 @@ class RunningStage:
     client: MlflowClient | None = None
     run_id: str | None = None  # None when a trial runs the stage itself (share_stages=false)
     bf16: bool = False
+    weights_path: str | None = None  # the spec's model.weights_path
     _start: float = field(default_factory=time.perf_counter)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
@@ -173,16 +175,9 @@ def run_task(study: Study, task: StageTask, data: dict, upstream: dict, spec: Sp
     torch.set_num_threads(max(1, int(cpus or spec.resources.cpu)))
     seed_everything(task.seed)
     ctx = RunningStage(
-        task.stage,
-        dict(task.config),
-        task.seed,
-        device,
-        data,
-        upstream,
-        client,
-        run_id,
-        spec.resources.bf16,
-    )
+        task.stage, dict(task.config), task.seed, device, materialize(data), upstream, client,
+        run_id, spec.resources.bf16, spec.model.weights_path,
+    )  # fmt: skip
     return study.run_stage(task.stage, ctx)
 
 

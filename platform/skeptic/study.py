@@ -78,6 +78,23 @@ class Evidence:
     paper: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Preset:
+    """A named spec the study ships (`skeptic run STUDY --preset NAME`): the paper's own
+    setting, say, with what it needs and what it costs. Its `spec` is merged over the
+    study's defaults (study defaults <- preset <- --smoke <- --spec file <- --set)."""
+
+    about: str  # one line: which table or figure of the paper it reproduces
+    spec: dict  # the same keys as a --spec file
+    data: str  # the data it expects and its layout on disk
+    # GPU-seconds per training image (forward + backward) on one whole `gpu`: with the
+    # study's `work`, the GPU-hours estimate --dry-run prints
+    seconds_per_image: float
+    gpu: str  # the GPU that figure is for
+    cost_basis: str  # where the figure comes from ("measured: ..." or "stated: ...")
+    train_images: int  # training images per epoch of the full dataset, if data.path is unread
+
+
 @dataclass
 class Verdict:
     """What a study concluded. `held` is True/False, or None when the run cannot decide;
@@ -111,6 +128,7 @@ class Study(ABC):
     # What the deciding comparisons judge: measured on the test split, which no choice saw.
     report_metric: ClassVar[str] = "test_acc"
     stages: ClassVar[tuple[Stage, ...]] = ()  # upstream stages, in the order they run
+    presets: ClassVar[dict[str, Preset]] = {}  # named specs (every shipped study: "paper")
     # The Tune schedulers (sweep.scheduler.kind) whose decisions the verdict can live with,
     # and why the others are not (shown in the error). ASHA stops trials by comparing their
     # metric at the same iteration, so it needs trials whose iterations are comparable and
@@ -124,10 +142,19 @@ class Study(ABC):
         """Built once per sweep on the driver and shared with every trial via the object store.
         By default: the spec's `data` section, split into x_train/y_train (to train on),
         x_val/y_val (for every choice) and x_test/y_test (for the numbers the verdict
-        reports) arrays plus the class names."""
-        from skeptic.data import load_dataset
+        reports) arrays plus the class names. CIFAR is only named here: each trial reads
+        the same arrays from disk (skeptic.data.disk). A streamed image folder
+        (data.stream) arrives as {"stream": FolderSource, "classes": [...]}."""
+        from skeptic.data import CIFAR, DiskArrays, FolderSource, load_dataset
+        from skeptic.data.disk import cifar_classes
 
         d = spec.data
+        if d.name in CIFAR:
+            source = DiskArrays(d.name, d.path, d.size, d.val_fraction, d.seed)
+            return {"source": source, "classes": cifar_classes(d.name, d.path)}
+        if d.stream:
+            stream = FolderSource(d.path, d.domain, d.size, d.val_fraction, d.test_fraction, d.seed)
+            return {"stream": stream, "classes": stream.classes}
         ds = load_dataset(
             d.name, d.size, d.val_fraction, seed=d.seed, domain=d.domain, path=d.path,
             image_size=d.image_size, test_fraction=d.test_fraction,
@@ -147,7 +174,7 @@ class Study(ABC):
         d = spec.data
         return plan_dataset(
             d.name, d.size, d.val_fraction, d.domain, d.path, d.image_size, scan=scan,
-            test_fraction=d.test_fraction,
+            test_fraction=d.test_fraction, stream=d.stream,
         )  # fmt: skip
 
     def check_spec(self, spec: Spec, data: DataPlan | None) -> None:
@@ -178,6 +205,16 @@ class Study(ABC):
     def evidence(self, results: list[TrialResult], spec: Spec, judged: list[Judged]) -> Evidence:
         """What the report shows besides the comparisons (tables, figures, notes)."""
         return Evidence()
+
+    def work(self, params: BaseModel, train_images: int) -> float:
+        """Training images one trial processes (forward + backward), for the GPU-hours
+        estimate: `epochs` passes over the training set unless the study says otherwise
+        (an arm that trains longer, a search of several learning rates per trial)."""
+        return float(getattr(params, "epochs", 1)) * train_images
+
+    def stage_work(self, stage: str, config: dict[str, Any], train_images: int) -> float:
+        """The same for one run of an upstream stage (a baseline, a source model)."""
+        return 0.0
 
     def run_name(self, params: dict[str, Any], swept: list[str]) -> str:
         """A readable MLflow run name built from the swept parameters and the seed."""

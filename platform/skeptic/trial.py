@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 from ray import tune
 
+from skeptic.data import materialize
 from skeptic.device import autocast, pick_device, seed_everything
 from skeptic.schema import ERROR_CHARS, Metric, MlflowTag, Outcome, Param, Tag
 from skeptic.spec import Spec, resolve_params
@@ -46,12 +47,13 @@ class TrialSetup:
     stages: StageResults = field(default_factory=StageResults)
     started_at: float = 0.0  # time.time() when Tune started: each trial logs its delay
     round: int = 0  # the look of a sequential seed rule this trial runs in
+    folder: str = ""  # the round's Tune folder: a multi-worker trial's Train runs go under it
 
 
 @dataclass
 class RunningTrial:
     """The study's handle on its trial (skeptic.api.TrialContext): parameters, data,
-    device, and `report`."""
+    device, and `report`. In a multi-worker trial each worker has one, with its rank."""
 
     params: BaseModel
     seed: int
@@ -64,11 +66,22 @@ class RunningTrial:
     logged_through: int = -1  # epochs up to this one are already in the MLflow run
     bf16: bool = False
     upstream: dict[str, Any] = field(default_factory=dict)  # stage name -> its result
+    weights_path: str | None = None
+    rank: int = 0
+    world_size: int = 1
+    compile: bool = False
     _last: float = field(default_factory=time.perf_counter)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Wrap forward passes in this: bf16 autocast on CUDA when the spec asks for it."""
         return autocast(self.device, self.bf16)
+
+    def prepare_model(self, model: torch.nn.Module, *, conv: bool = True) -> torch.nn.Module:
+        return prepare_model(model, self.device, conv=conv, compile=self.compile,
+                             world_size=self.world_size)  # fmt: skip
+
+    def shard(self, idx: torch.Tensor) -> torch.Tensor:
+        return idx[self.rank :: self.world_size]
 
     def report(
         self,
@@ -79,31 +92,70 @@ class RunningTrial:
     ) -> None:
         """End of an epoch: checkpoint `state` (tensors and plain values; the model's
         weights under "model"), log metrics to MLflow and Tune. `samples` processed this
-        epoch gives `throughput` (samples/s); `progress` (0-1) feeds the time estimate."""
+        epoch gives `throughput` (samples/s); `progress` (0-1) feeds the time estimate.
+        In a multi-worker trial every worker calls it; rank 0 logs and checkpoints."""
         now = time.perf_counter()
         epoch = self.start_epoch
         metrics = {Metric.EPOCH_TIME: now - self._last, **metrics}
         if samples:
             metrics[Metric.THROUGHPUT] = samples / metrics[Metric.EPOCH_TIME]
-        if epoch > self.logged_through:  # replayed epochs (checkpoint older than the crash)
+        lead = self.rank == 0
+        if lead and epoch > self.logged_through:  # replayed epochs: checkpoint older than the crash
             ts = int(time.time() * 1000)
             batch = [MlflowMetric(k, float(v), ts, epoch) for k, v in metrics.items()]
             self.client.log_batch(self.run_id, metrics=batch)
+        extra = {"epoch": epoch, RUN_ID_RESULT: self.run_id}
+        if progress is not None:
+            extra["progress"] = progress
         with tempfile.TemporaryDirectory() as tmp:
-            torch.save({"epoch": epoch, "state": state}, Path(tmp) / STATE_FILE)
-            extra = {"epoch": epoch, RUN_ID_RESULT: self.run_id}
-            if progress is not None:
-                extra["progress"] = progress
-            tune.report(
-                {**metrics, **extra},
-                checkpoint=tune.Checkpoint.from_directory(tmp),
-            )
+            checkpoint = None
+            if lead:
+                torch.save({"epoch": epoch, "state": state}, Path(tmp) / STATE_FILE)
+                checkpoint = tune.Checkpoint.from_directory(tmp)
+            if self.world_size > 1:
+                import ray.train
+
+                ray.train.report({**metrics, **extra}, checkpoint=checkpoint)
+            else:
+                tune.report({**metrics, **extra}, checkpoint=checkpoint)
         self.start_epoch = epoch + 1
         self._last = time.perf_counter()
 
 
-def _restore() -> tuple[int, dict | None]:
-    checkpoint = tune.get_checkpoint()
+def prepare_model(
+    model: torch.nn.Module, device: torch.device, *, conv: bool = True, compile: bool = False,
+    world_size: int = 1,
+) -> torch.nn.Module:  # fmt: skip
+    """channels_last (CUDA conv nets), DistributedDataParallel (several workers: plain
+    BatchNorm becomes SyncBatchNorm on CUDA, so its statistics cover the global batch as in
+    one process), torch.compile when asked. Parameters stay shared with `model`."""
+    if device.type == "cuda" and conv:
+        model = model.to(memory_format=torch.channels_last)
+    if world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if device.type == "cuda":
+            model = _sync_batchnorm(model)
+        ids = [device.index] if device.type == "cuda" else None
+        model = DistributedDataParallel(model, device_ids=ids)
+    if compile:
+        model = torch.compile(model)
+    return model
+
+
+def _sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """torch's convert_sync_batchnorm, for plain BatchNorm only: a study's own subclass
+    (Ghost BN, whose statistics cover a fixed number of samples) stays as it is."""
+    plain = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
+    if type(module) in plain:
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for name, child in module.named_children():
+        module.add_module(name, _sync_batchnorm(child))
+    return module
+
+
+def restore_checkpoint(checkpoint: Any) -> tuple[int, dict | None]:
+    """(first epoch to run, the saved state) from a Tune or Train checkpoint, or (0, None)."""
     if checkpoint is None:
         return 0, None
     with checkpoint.as_directory() as path:
@@ -154,14 +206,11 @@ def trial_params(study: Study, setup: TrialSetup, config: dict) -> tuple[BaseMod
 
 
 def run_trial(config: dict, data: dict, setup: TrialSetup) -> None:
-    """The Tune trainable shared by every study."""
+    """The Tune trainable shared by every study: one process, or the driver of a Ray Train
+    run over `resources.workers` processes (skeptic.distributed)."""
     started = time.time()
     study = get_study(setup.spec.study)
-    params, logged = trial_params(study, setup, config)
-    seed = int(config["seed"])
-    device = pick_device(setup.spec.resources.gpu)
-    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes per trial
-    torch.set_num_threads(max(1, int(setup.spec.resources.cpu)))
+    _, logged = trial_params(study, setup, config)
     client = MlflowClient(setup.tracking_uri)
     trial_id = tune.get_context().get_trial_id()
     run_id = _child_run(client, setup, trial_id, study.run_name(logged, setup.swept))
@@ -172,18 +221,15 @@ def run_trial(config: dict, data: dict, setup: TrialSetup) -> None:
         client.set_tag(run_id, Tag.OUTCOME, Outcome.INTERRUPTED)
         client.set_terminated(run_id, "KILLED")
         return
-    start_epoch, state = _restore()
-    if start_epoch == 0:
-        _log_start(client, run_id, study, setup, params, logged, seed, device, started)
-    upstream = upstream_for(study, params, seed, data, setup)
-    seed_everything(seed + 1000 * start_epoch)
-    through = _logged_through(client, run_id)
-    ctx = RunningTrial(
-        params, seed, device, data, client, run_id, start_epoch, state, through,
-        bf16=setup.spec.resources.bf16, upstream=upstream,
-    )  # fmt: skip
     try:
-        study.train(ctx)
+        if setup.spec.resources.workers > 1:
+            from skeptic.distributed import train_on_workers
+
+            train_on_workers(config, data, setup, run_id, trial_id, started)
+        else:
+            device = pick_device(setup.spec.resources.gpu)
+            restored = restore_checkpoint(tune.get_checkpoint())
+            train_process(study, config, data, setup, run_id, started, device, restored)
     except Exception as err:
         client.set_tag(run_id, Tag.OUTCOME, Outcome.FAILED)
         client.set_tag(run_id, Tag.ERROR, f"{type(err).__name__}: {err}"[:ERROR_CHARS])
@@ -191,6 +237,32 @@ def run_trial(config: dict, data: dict, setup: TrialSetup) -> None:
         raise
     client.set_tag(run_id, Tag.OUTCOME, Outcome.COMPLETED)
     client.set_terminated(run_id, "FINISHED")
+
+
+def train_process(
+    study: Study, config: dict, data: dict, setup: TrialSetup, run_id: str, started: float,
+    device: torch.device, restored: tuple[int, dict | None], rank: int = 0, world_size: int = 1,
+) -> None:  # fmt: skip
+    """One training process of a trial: the whole trial, or one worker of a Ray Train run."""
+    params, logged = trial_params(study, setup, config)
+    seed = int(config["seed"])
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes per trial
+    torch.set_num_threads(max(1, int(setup.spec.resources.cpu)))
+    client = MlflowClient(setup.tracking_uri)
+    start_epoch, state = restored
+    if start_epoch == 0 and rank == 0:
+        _log_start(client, run_id, study, setup, params, logged, seed, device, started)
+    data = materialize(data)  # arrays read from disk here, not shipped through Ray
+    upstream = upstream_for(study, params, seed, data, setup)
+    seed_everything(seed + 1000 * start_epoch)
+    through = _logged_through(client, run_id)
+    resources, weights = setup.spec.resources, setup.spec.model.weights_path
+    ctx = RunningTrial(
+        params, seed, device, data, client, run_id, start_epoch, state, through,
+        bf16=resources.bf16, upstream=upstream, weights_path=weights, rank=rank,
+        world_size=world_size, compile=resources.compile,
+    )  # fmt: skip
+    study.train(ctx)
 
 
 def _log_start(

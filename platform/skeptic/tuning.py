@@ -40,6 +40,17 @@ def scheduler(spec: Spec) -> Any:
     return FIFOScheduler()
 
 
+def trial_resources(spec: Spec) -> dict[str, float]:
+    """What Tune reserves for a trial: its one process's CPUs and GPUs, or, for a multi-worker
+    trial, nothing: its function only drives the Ray Train run, whose workers reserve theirs
+    (a reservation here would hold a CPU idle per trial, and deadlock a full node). Tune
+    refuses an empty request, so it asks for one byte of memory."""
+    r = spec.resources
+    if r.workers > 1:
+        return {"cpu": 0, "memory": 1}
+    return {"cpu": r.cpu, "gpu": r.gpu}
+
+
 def _quiet_tune() -> None:
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
     # Its stop messages name Tuner.restore; skeptic prints its own resume command.
@@ -69,9 +80,7 @@ def make_tuner(
 ) -> tune.Tuner:  # fmt: skip
     """A Tuner for a round of the sweep, or the one saved in its folder (`restore`)."""
     trainable = tune.with_parameters(run_trial, data=data_ref, setup=setup)
-    trainable = tune.with_resources(
-        trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    )
+    trainable = tune.with_resources(trainable, trial_resources(spec))
     # Tune's auto loggers are off (no TensorBoard files); JSON + CSV give the ResultGrid its history.
     callbacks = [JsonLoggerCallback(), CSVLoggerCallback(), FinalizeChildRuns(setup.tracking_uri)]
     if not verbose:

@@ -1,4 +1,5 @@
-"""Skeptic's data layer: procedural shapes, sklearn digits and image folders, as numpy arrays."""
+"""Skeptic's data layer: procedural shapes, sklearn digits, image folders and CIFAR as numpy
+arrays; CIFAR and streamed image folders read by each trial from disk (skeptic.data.disk)."""
 
 from skeptic.data.datasets import (
     DATASET_NAMES,
@@ -14,6 +15,7 @@ from skeptic.data.datasets import (
     val_count,
 )
 from skeptic.data.digits import DIGIT_NAMES, load_digits_arrays
+from skeptic.data.disk import CIFAR, DiskArrays, FolderSource, image_loader, materialize
 from skeptic.data.imagefolder import (
     IMAGE_EXTENSIONS,
     domain_root,
@@ -25,6 +27,7 @@ from skeptic.data.imagefolder import (
 from skeptic.data.shapes import CLASS_NAMES, DOMAINS, Domain, class_counts, make_shapes
 
 __all__ = [
+    "CIFAR",
     "CLASS_NAMES",
     "DATASET_NAMES",
     "DIGIT_NAMES",
@@ -34,15 +37,19 @@ __all__ = [
     "DataError",
     "DataPlan",
     "Dataset",
+    "DiskArrays",
     "Domain",
+    "FolderSource",
     "class_counts",
     "data_hash",
     "domain_root",
+    "image_loader",
     "load_dataset",
     "load_digits_arrays",
     "load_domain_folder",
     "load_imagefolder",
     "make_shapes",
+    "materialize",
     "plan_dataset",
     "scan_imagefolder",
     "stratified_split",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from skeptic.data.digits import DIGIT_NAMES, load_digits_arrays
+from skeptic.data.disk import CIFAR, CIFAR_SHAPE, cifar_classes, has_train_val_layout, read_cifar
 from skeptic.data.imagefolder import (
     domain_root,
     read_images,
@@ -27,7 +29,7 @@ from skeptic.data.shapes import (
     proportional_counts,
 )
 
-DATASET_NAMES = ("shapes", "digits", "imagefolder")
+DATASET_NAMES = ("shapes", "digits", "imagefolder", "cifar10", "cifar100")
 
 # A dataset is held as float32 arrays on the driver, then copied once into Ray's object
 # store: bound it, so a typo in data.size fails at once instead of allocating until
@@ -60,6 +62,9 @@ class DataPlan:
     input_shape: tuple[int, int, int]
     val_fraction: float
     test_fraction: float = 0.0
+    # a released test set's images per class (CIFAR's test batch, ImageNet's val/): then
+    # class_counts are the training images alone, and nothing is held out of them for test
+    released_test: list[int] | None = None
 
     @property
     def size(self) -> int:
@@ -67,12 +72,16 @@ class DataPlan:
 
     @property
     def test_counts(self) -> list[int]:
+        if self.released_test is not None:
+            return list(self.released_test)
         if not self.test_fraction:
             return [0] * len(self.class_counts)
         return [val_count(n, self.test_fraction) for n in self.class_counts]
 
     @property
     def val_counts(self) -> list[int]:
+        if self.released_test is not None:
+            return [val_count(n, self.val_fraction) for n in self.class_counts]
         share = self.val_fraction / (1 - self.test_fraction)
         return [val_count(n - t, share) for n, t in zip(self.class_counts, self.test_counts)]
 
@@ -86,7 +95,8 @@ class DataPlan:
 
     @property
     def n_train(self) -> int:
-        return self.size - self.n_val - self.n_test
+        held = 0 if self.released_test is not None else self.n_test
+        return self.size - self.n_val - held
 
 
 @dataclass
@@ -209,6 +219,7 @@ def plan_dataset(
     *,
     scan: bool = True,
     test_fraction: float = 0.0,
+    stream: bool = False,
 ) -> DataPlan | None:
     """Check the arguments of `load_dataset` the way it would use them, and say what it
     would load; raises DataError naming the field and what is allowed.
@@ -227,16 +238,33 @@ def plan_dataset(
             f"{test_fraction}: must be in [0, 1) and leave data for training "
             f"(val_fraction + test_fraction = {val_fraction + test_fraction:g} < 1)",
         )
-    if name != "imagefolder" and path is not None:
-        raise DataError("path", f"applies to data.name=imagefolder only, not {name!r}; unset it")
-    found = _SOURCES[name](size, domain, path, image_size, scan)
+    if name not in ON_DISK and path is not None:
+        raise DataError(
+            "path", f"applies to data.name={' / '.join(ON_DISK)} only, not {name!r}; unset it"
+        )
+    if stream and name != "imagefolder":
+        raise DataError("stream", f"streams image folders only (data.name=imagefolder), not {name!r}")
+    if name in CIFAR:
+        return _plan_cifar(name, size, val_fraction, domain, path, image_size, scan, test_fraction)
+    if name == "imagefolder":
+        found = _folder_source(size, domain, path, image_size, scan, stream)
+    else:
+        found = _SOURCES[name](size, domain, path, image_size, scan)
     if found is None:
         return None
-    classes, counts, shape = found
+    classes, counts, shape, *released = found
     if sum(counts) > size:  # capped to `size`, keeping each class's share (stratified_subset)
         counts = proportional_counts(size, np.asarray(counts)).tolist()
-    _check_bytes(sum(counts), shape)
-    plan = DataPlan(name, classes, counts, shape, val_fraction, test_fraction)
+    if not stream:  # streamed images are read batch by batch, never held as one array
+        _check_bytes(sum(counts), shape)
+    test = released[0] if released else None
+    if test is not None and test_fraction:
+        raise DataError(
+            "test_fraction",
+            f"{path} has a val/ folder, which is the test split (as ImageNet's); set "
+            "data.test_fraction=0",
+        )
+    plan = DataPlan(name, classes, counts, shape, val_fraction, test_fraction, test)
     if plan.n_train == 0 or plan.n_val == 0 or (test_fraction and plan.n_test == 0):
         parts = 3 if test_fraction else 2
         raise DataError(
@@ -275,18 +303,62 @@ def _digits_source(
 
 
 def _folder_source(
-    size: int, domain: str | None, path: str | None, image_size: int, scan: bool
-) -> Source | None:
+    size: int, domain: str | None, path: str | None, image_size: int, scan: bool,
+    stream: bool = False,
+) -> Source | None:  # fmt: skip
     _check_image_size("imagefolder", image_size)
     if path is None:
         raise DataError("path", "data.name=imagefolder needs data.path=<root>/<class>/<image>")
     if not scan:
         return None
+    root = Path(path)
+    if stream and domain is None and has_train_val_layout(root):  # FolderSource's layouts
+        classes, counts = _survey(str(root / "train"), None)
+        test_classes, test_counts = _survey(str(root / "val"), None)
+        if test_classes != classes:
+            raise DataError("path", f"{root}/val has other class folders than {root}/train")
+        return classes, counts, (3, image_size, image_size), test_counts
     classes, counts = _survey(path, domain)
     return classes, counts, (3, image_size, image_size)
 
 
+def _plan_cifar(
+    name: str, size: int, val_fraction: float, domain: str | None, path: str | None,
+    image_size: int, scan: bool, test_fraction: float,
+) -> DataPlan | None:  # fmt: skip
+    """CIFAR's splits: the training batches (capped at size) less a validation holdout, and
+    the released test batch as the test split."""
+    if domain is not None:
+        raise DataError("domain", f"{name} has no domains; unset it (got {domain!r})")
+    if test_fraction:
+        raise DataError(
+            "test_fraction",
+            f"{test_fraction}: {name}'s test split is its released test batch; set "
+            "data.test_fraction=0",
+        )
+    if image_size != 32:
+        raise DataError("image_size", f"{name} images are 32x32 and not resized; set 32")
+    if path is None:
+        raise DataError(
+            "path", f"data.name={name} needs data.path=<folder holding {CIFAR[name][1]}/>"
+        )
+    if not scan:
+        return None
+    try:
+        classes = cifar_classes(name, path)
+        _, y = read_cifar(name, path, train=True)
+        _, yt = read_cifar(name, path, train=False)
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError, EOFError) as err:
+        raise DataError("path", f"{path}: {err}") from None
+    counts = np.bincount(y, minlength=len(classes))
+    if len(y) > size:
+        counts = proportional_counts(size, counts)
+    test = np.bincount(yt, minlength=len(classes)).tolist()
+    return DataPlan(name, classes, counts.tolist(), CIFAR_SHAPE, val_fraction, 0.0, test)
+
+
 _SOURCES = {"shapes": _shapes_source, "digits": _digits_source, "imagefolder": _folder_source}
+ON_DISK = ("imagefolder", *CIFAR)  # the datasets data.path applies to
 
 
 def _check_image_size(name: str, image_size: int) -> None:
@@ -377,6 +449,8 @@ def data_hash(data: dict[str, Any]) -> str:
         digest.update(key.encode())
         if isinstance(value, np.ndarray):
             digest.update(np.ascontiguousarray(value).tobytes())
+        elif hasattr(value, "fingerprint"):  # data read from disk by each trial
+            digest.update(value.fingerprint().encode())
         else:
             digest.update(json.dumps(value, sort_keys=True, default=str).encode())
     return digest.hexdigest()

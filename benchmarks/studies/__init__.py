@@ -1,0 +1,1 @@
+"""Studies that only benchmarks run (found through SKEPTIC_STUDY_PACKAGES=benchmarks.studies)."""
