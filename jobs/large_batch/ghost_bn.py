@@ -32,6 +32,10 @@ Design:
   `nn.BatchNorm1d` on a batch of 1.
 - Dtypes: statistics and intermediate values in at least float32, output in the input dtype, so
   it runs under autocast (fp16/bf16 activations) and on CUDA without dtype assumptions.
+- Layout: a channels_last input (conv nets on CUDA) is used as it is, and the output and the
+  input gradient keep its layout (no copy to contiguous and back around every BN).
+- `make_norm` / `make_norm2d` build the norm layers of the study's MLP and CIFAR ResNet: plain
+  BatchNorm for ghost_size None, else the ghost version.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GhostBatchNorm", "GhostBatchNorm2d", "make_norm"]
+__all__ = ["GhostBatchNorm", "GhostBatchNorm2d", "make_norm", "make_norm2d"]
 
 # (number of chunks, rows per chunk); the segments cover the batch in order.
 Segments = tuple[tuple[int, int], ...]
@@ -92,12 +96,12 @@ class _GhostBatchNormFn(torch.autograd.Function):
         segments: Segments,
         eps: float,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = x.contiguous()
+        x = _dense(x)
         acc = _acc_dtype(x.dtype)
         per_row = math.prod(x.shape[2:])
         w = _param_view(weight, x.dim() + 1)
         b = _param_view(bias, x.dim() + 1)
-        y = torch.empty(x.shape, dtype=acc, device=x.device)
+        y = torch.empty_like(x, dtype=acc)  # x's layout (channels_last stays channels_last)
         means, rstds, chunk_means, chunk_vars = [], [], [], []
         for xs, ys, (_, g) in zip(_split(x, segments), _split(y, segments), segments, strict=True):
             red = _reduce_dims(xs)
@@ -130,7 +134,7 @@ class _GhostBatchNormFn(torch.autograd.Function):
         per_row = math.prod(x.shape[2:])
         w = _param_view(weight, x.dim() + 1)
         acc = means[0].dtype
-        dx = torch.empty(x.shape, dtype=acc, device=x.device)
+        dx = torch.empty_like(x, dtype=acc)
         dw = db = None
         parts = zip(_split(x, segments), _split(dy, segments), _split(dx, segments), strict=True)
         for (xs, dys, dxs), mean, rstd, (_, g) in zip(parts, means, rstds, segments, strict=True):
@@ -154,8 +158,18 @@ class _GhostBatchNormFn(torch.autograd.Function):
         return dx.to(x.dtype) if needs[0] else None, dw, db, None, None
 
 
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """x itself if it is contiguous or channels_last (a conv net's layout on CUDA), else a
+    contiguous copy: either way, cutting the batch dimension into chunks is a view, so the
+    `out=` writes into `_split` pieces land in the buffer."""
+    if x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)):
+        return x
+    return x.contiguous()
+
+
 def _split(x: torch.Tensor, segments: Segments) -> list[torch.Tensor]:
-    """Views of x as (chunks, rows, C, *spatial), one per segment (no copy if contiguous)."""
+    """Views of x as (chunks, rows, C, *spatial), one per segment (no copy if x is contiguous
+    or channels_last: only the batch dimension is cut)."""
     if len(segments) == 1:
         return [x.reshape(*segments[0], *x.shape[1:])]
     parts = x.split([k * g for k, g in segments])
@@ -267,3 +281,10 @@ def make_norm(num_features: int, ghost_size: int | None) -> nn.Module:
     if ghost_size is None:
         return nn.BatchNorm1d(num_features)
     return GhostBatchNorm(num_features, ghost_size)
+
+
+def make_norm2d(num_features: int, ghost_size: int | None) -> nn.Module:
+    """nn.BatchNorm2d for ghost_size None, else GhostBatchNorm2d (for (N, C, H, W) conv maps)."""
+    if ghost_size is None:
+        return nn.BatchNorm2d(num_features)
+    return GhostBatchNorm2d(num_features, ghost_size)

@@ -16,6 +16,10 @@ divides B_small's epochs. Here the budget is set in updates instead, exactly:
   +RA (the paper scales the drop epochs by the same factor as the epochs).
 
 One report (MLflow step, checkpoint) per round, so every arm has `epochs` points.
+
+`CropFlip` is bigBatch's CIFAR training augmentation (preprocess.py `pad_random_crop`: pad
+4 pixels with gray 127, random 32x32 crop, random horizontal flip), drawn per data epoch
+from (seed, epoch) and applied to each batch on the device.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ import itertools
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from skeptic.training import epoch_generator, shuffled_batches
 
@@ -63,3 +69,61 @@ def batches(
         full = shuffled_batches(n, batch, epoch_generator(seed, epoch), device, drop_last=True)
         yield from itertools.islice(full, first, first + take)
         u += take
+
+
+_AUGMENT_TAG = 0x6367  # keeps the crop/flip stream apart from the shuffling (epoch_generator)
+
+
+class CropFlip:
+    """bigBatch's CIFAR augmentation for the batches of `batches(n, batch, seed, ...)`:
+    every training image gets, per data epoch, a crop offset in [0, 2 * pad] on each axis of
+    its `pad`-padded copy (padded with `fill`, bigBatch's gray 127 of 255) and a horizontal
+    flip with probability 1/2, as torchvision's Pad + RandomCrop + RandomHorizontalFlip
+    would draw it.
+
+    The draws of data epoch e are made for all n images at once from a CPU generator seeded
+    by (seed, e) only, so they do not depend on the batch, the worker's shard, the device or
+    where a resumed trial starts; update u's batch belongs to data epoch u // (n // batch),
+    as in `batches`. Applied on the device as one gather (no per-image loop)."""
+
+    def __init__(self, n: int, batch: int, seed: int, pad: int = 4, fill: float = 127 / 255):
+        self.n, self.per, self.seed, self.pad, self.fill = n, n // batch, seed, pad, fill
+        self._cached: tuple[tuple[int, torch.device], tuple[torch.Tensor, ...]] | None = None
+
+    def draws(self, epoch: int, device: torch.device | None = None) -> tuple[torch.Tensor, ...]:
+        """(row offsets, column offsets, flips) of every image in data epoch `epoch`."""
+        key = (epoch, torch.device(device or "cpu"))
+        if self._cached is None or self._cached[0] != key:
+            state = np.random.SeedSequence([self.seed, epoch, _AUGMENT_TAG]).generate_state(1)
+            gen = torch.Generator().manual_seed(int(state[0]))
+            top = torch.randint(0, 2 * self.pad + 1, (self.n,), generator=gen)
+            left = torch.randint(0, 2 * self.pad + 1, (self.n,), generator=gen)
+            flip = torch.rand(self.n, generator=gen) < 0.5
+            self._cached = key, tuple(d.to(key[1]) for d in (top, left, flip))
+        return self._cached[1]
+
+    def __call__(self, x: torch.Tensor, idx: torch.Tensor, update: int) -> torch.Tensor:
+        """The augmented images x[idx] of update `update` (0-based, counted from the start
+        of training); x is the whole training set (N, C, H, W), on idx's device."""
+        top, left, flip = (d[idx] for d in self.draws(update // self.per, idx.device))
+        return crop_flip(x[idx], top, left, flip, self.pad, self.fill)
+
+
+def crop_flip(
+    x: torch.Tensor,
+    top: torch.Tensor,
+    left: torch.Tensor,
+    flip: torch.Tensor,
+    pad: int,
+    fill: float,
+) -> torch.Tensor:
+    """Image i of x padded by `pad` (value `fill`), cropped back to x's size at (top[i],
+    left[i]) of the padded image, then mirrored left-right where flip[i]."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), value=fill)
+    rows = top[:, None] + torch.arange(h, device=x.device)  # (B, H) rows of the padded image
+    cols = left[:, None] + torch.arange(w, device=x.device)  # (B, W)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    chans = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chans, rows[:, None, :, None], cols[:, None, None, :]]
