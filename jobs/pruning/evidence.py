@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from jobs.pruning import models, paper
+from jobs.pruning import cifar_nets, models, paper
 from jobs.pruning.prune import count_flops, count_params, latency_pair_ms, structured_prune
 from jobs.pruning.verdict import TICKET
 from skeptic.api import Evidence, Judged, TrialResult, summarize
@@ -58,6 +58,29 @@ epochs, so a Scratch-B advantage here may be larger than the paper's; a 400-imag
 resolves 0.25 pp. The comparisons and the table's `test_acc` come from the test split, which
 no choice saw (the baseline stage and every arm are measured on it alike); `val_acc` is what
 Tune and the champion choice saw.
+"""
+
+PAPER_PROTOCOL_NOTE = """### Where this run follows the reference code, and where it differs
+
+Follows Eric-mingjie/rethinking-network-pruning (cifar/l1-norm-pruning): the networks of
+models/vgg.py and models/resnet.py, Li et al.'s plans as vggprune.py / res56prune.py /
+res110prune.py (filters ranked by the L1 norm of their own kernel, every layer on the
+unpruned model), CIFAR-10 with Pad(4) + RandomCrop(32) + flip, main.py's recipe (SGD
+momentum 0.9, wd 1e-4, batch 64, lr 0.1 / 10 at 50% and 75% of 160 epochs),
+main_finetune.py's 40 epochs at a constant 1e-3, Scratch-E 160 epochs, Scratch-B
+int(160 x FLOPs_full / FLOPs_pruned) uncapped (main_B.py), 5 seeds.
+Differs: 5000 training images held out for validation (45000 train; the reference trains on
+50000); each arm's last epoch counts (the reference keeps its best test epoch, which would
+leak the test set into the comparison); bf16 autocast on the GPU (the reference: fp32).
+"""
+PAPER_SCALE_NOTE = """### What this run can and cannot decide
+
+The paper's networks, data and budget: its test accuracies (Table 1) are the figures to set
+ours beside. 10000 test images resolve 0.01 pp, but a seed's arms spread by ~0.1-0.4 pp (the
+paper's sd over 5 runs), so 5 seeds decide a fine-tuned vs Scratch-B gap of about the
+margin (1 pp) and leave smaller ones open. The comparisons and `test_acc` come from the test
+split, which no choice saw; `val_acc` (5000 held-out training images) is what Tune and the
+champion choice saw.
 """
 
 
@@ -115,11 +138,14 @@ def ticket_lines(judged: list[Judged]) -> list[str]:
     for j in judged:
         if j.compare.name.startswith(TICKET + "_"):
             lr = str(j.compare.b["arm"]).split("_lr", 1)[-1]
-            word = {"b better": "ticket better", "a better": "random better"}.get(j.decision, j.decision)
+            word = {"b better": "ticket better", "a better": "random better"}.get(
+                j.decision, j.decision
+            )
             by_lr[lr][word].append(float(j.compare.b["ratio"]))
     return [
         f"Lottery ticket vs random init, lr {lr} (reported, not counted): "
-        + "; ".join(f"{word} at {_fmt(ratios)}" for word, ratios in words.items()) + "."
+        + "; ".join(f"{word} at {_fmt(ratios)}" for word, ratios in words.items())
+        + "."
         for lr, words in sorted(by_lr.items())
     ]
 
@@ -132,7 +158,9 @@ def scratch_e_diffs(groups: dict[tuple[str, float], list[TrialResult]], metric: 
         if arm != "scratch_e" or ("fine_tuned", r) not in groups:
             continue
         ft = {t.params.get("seed"): t.final[metric] for t in groups[("fine_tuned", r)]}
-        diffs = [t.final[metric] - ft[t.params.get("seed")] for t in trials if t.params.get("seed") in ft]
+        diffs = [
+            t.final[metric] - ft[t.params.get("seed")] for t in trials if t.params.get("seed") in ft
+        ]
         if diffs:
             out[r] = (float(np.mean(diffs)), len(diffs))
     return out
@@ -185,7 +213,9 @@ def speed_rows(width: int, input_shape: list[int], ratios: list[float]) -> list[
         torch.set_num_threads(threads)
 
 
-def _speed(ratio: float, full: torch.nn.Module, flops_full: int, shape: list[int]) -> dict[str, Any]:
+def _speed(
+    ratio: float, full: torch.nn.Module, flops_full: int, shape: list[int]
+) -> dict[str, Any]:
     net = structured_prune(full, shape, ratio)
     flops = count_flops(net, shape)
     full1, pruned1 = latency_pair_ms(full, net, shape, 1, repeats=30)
@@ -193,6 +223,56 @@ def _speed(ratio: float, full: torch.nn.Module, flops_full: int, shape: list[int
     return {
         "ratio": ratio, "channels": str(models.channels_of(net)), "params": count_params(net),
         "MFLOPs": round(flops / 1e6, 3), "FLOPs ratio": round(flops_full / flops, 2),
+        "ms b1 (unpruned)": f"{pruned1:.3f} ({full1:.3f})",
+        "latency ratio b1": round(full1 / pruned1, 2),
+        "ms b64 (unpruned)": f"{pruned64:.2f} ({full64:.2f})",
+        "latency ratio b64": round(full64 / pruned64, 2),
+    }  # fmt: skip
+
+
+def network_speed_rows(
+    arch: str, plan: str, input_shape: list[int], ratios: list[float]
+) -> list[dict[str, Any]]:
+    """speed_rows for the paper's networks: the unpruned one, then the pruned architecture
+    of Li et al.'s plan (or of each ratio, under plan uniform), built from channel counts
+    alone (speed does not depend on the weights)."""
+    name, classes = models.CONFIG_ARCH[arch], list("0123456789")
+    torch.manual_seed(0)
+    full = models.build(
+        models.model_config(models.full_channels(arch), input_shape, classes, arch=name)
+    )
+    flops_full = count_flops(full, input_shape)
+    variants = [
+        (r, cifar_nets.plan_channels(arch, plan, r))
+        for r in (ratios if plan == "uniform" else ratios[:1])
+    ]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    key = "ratio" if plan == "uniform" else "plan"
+    unpruned = {
+        key: 0.0 if plan == "uniform" else "unpruned", "params": count_params(full),
+        "MFLOPs": round(flops_full / 1e6, 3), "FLOPs ratio": 1.0,
+    }  # fmt: skip
+    try:
+        rows = [unpruned]
+        for r, channels in variants:
+            net = models.build(models.model_config(channels, input_shape, classes, arch=name))
+            row = _speed_of(net, full, flops_full, input_shape)
+            rows.append({key: r if plan == "uniform" else plan, **row})
+        return rows
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _speed_of(
+    net: torch.nn.Module, full: torch.nn.Module, flops_full: int, shape: list[int]
+) -> dict[str, Any]:
+    flops = count_flops(net, shape)
+    full1, pruned1 = latency_pair_ms(full, net, shape, 1, repeats=30)
+    full64, pruned64 = latency_pair_ms(full, net, shape, 64, repeats=10)
+    return {
+        "params": count_params(net), "MFLOPs": round(flops / 1e6, 3),
+        "FLOPs ratio": round(flops_full / flops, 2),
         "ms b1 (unpruned)": f"{pruned1:.3f} ({full1:.3f})",
         "latency ratio b1": round(full1 / pruned1, 2),
         "ms b64 (unpruned)": f"{pruned64:.2f} ({full64:.2f})",
@@ -209,7 +289,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(stats: dict, arms: list[str], baselines: dict[float, float], title: str, split: str) -> Any:
+def plot(
+    stats: dict, arms: list[str], baselines: dict[float, float], title: str, split: str
+) -> Any:
     fig, ax = plt.subplots(figsize=(7, 4))
     colours: dict[str, str] = {}
     for arm in arms:
@@ -241,13 +323,19 @@ def baselines(groups: dict[tuple[str, float], list[TrialResult]], metric: str, a
     for (arm, _), trials in groups.items():
         if arm in arms:
             for t in trials:
-                by_lr[float(t.params.get("lr", math.nan))].append(t.final.get(f"baseline_{metric}", np.nan))
+                by_lr[float(t.params.get("lr", math.nan))].append(
+                    t.final.get(f"baseline_{metric}", np.nan)
+                )
     return {lr: float(np.mean(v)) for lr, v in by_lr.items()}
 
 
 def scratch_b_lines(groups: dict[tuple[str, float], list[TrialResult]]) -> list[str]:
     """Scratch-B's budget per ratio, and where a cap (train.scratch_b_cap) cut it short."""
-    sb = {r: ts[0].final for (a, r), ts in sorted(groups.items(), key=lambda kv: kv[0][1]) if a == "scratch_b"}
+    sb = {
+        r: ts[0].final
+        for (a, r), ts in sorted(groups.items(), key=lambda kv: kv[0][1])
+        if a == "scratch_b"
+    }
     if not sb:
         return []
     budget = ", ".join(f"{int(f.get('epochs_total', 0))} at {r:g}" for r, f in sb.items())
@@ -259,19 +347,26 @@ def scratch_b_lines(groups: dict[tuple[str, float], list[TrialResult]]) -> list[
 
 
 def evidence(
-    results: list[TrialResult], metric: str, judged: list[Judged], input_shape: list[int]
-) -> Evidence:
-    """The table, the ticket and Scratch-E lines, the plots, the speed table and the notes."""
+    results: list[TrialResult], metric: str, judged: list[Judged], input_shape: list[int],
+    *, arch: str = "small_vgg", plan: str = "uniform", label: str | None = None,
+    notes: bool = True,
+) -> Evidence:  # fmt: skip
+    """The table, the ticket and Scratch-E lines, the plots, the speed table and the notes,
+    of one network (`arch`, pruned by `plan`; `label` names it, e.g. "VGG-16-A"). `notes`:
+    the protocol and scale notes in `details` (merge adds them once for several)."""
     split = metric.split("_", 1)[0]
     groups = group(results, metric)
-    notes = f"{PROTOCOL_NOTE}\n{PAPER_NOTE}\n{SCALE_NOTE}"
+    small = arch == "small_vgg"
+    text = notes_for(small) if notes else ""
     if not groups:
-        return Evidence("No trial finished.", details=notes)
+        return Evidence("No trial finished.", details=text)
     stats = {key: summarize([t.final[metric] for t in ts]) for key, ts in groups.items()}
     base_s = baselines(groups, metric, STRUCTURED)
     base_u = baselines(groups, metric, {a for a, _ in groups} - set(STRUCTURED))
     every = {**base_u, **base_s}
-    said = ", ".join(f"{100 * v:.2f}% at lr {lr:g}" for lr, v in sorted(every.items(), reverse=True))
+    said = ", ".join(
+        f"{100 * v:.2f}% at lr {lr:g}" for lr, v in sorted(every.items(), reverse=True)
+    )
     se_diffs = scratch_e_diffs(groups, metric)
     lines = [*ticket_lines(judged), *scratch_e_lines(se_diffs, split), *scratch_b_lines(groups),
              *ceiling_lines(stats),
@@ -286,19 +381,61 @@ def evidence(
             "Unstructured pruning: winning-ticket vs random init (random dashed)", split,
         ),
     }  # fmt: skip
-    width = int(next(iter(groups.values()))[0].params.get("width", 16))
-    speed = speed_rows(width, input_shape, sorted({r for _, r in groups}))
+    ratios = sorted({r for _, r in groups})
+    if small:
+        width = int(next(iter(groups.values()))[0].params.get("width", 16))
+        speed = speed_rows(width, input_shape, ratios)
+    else:
+        speed = network_speed_rows(arch, plan, input_shape, ratios)
     details = (
         "### Speed of the structured-pruned architectures (measured in the verdict, CPU, 1 thread)\n\n"
         "Each pruned model is timed interleaved with the unpruned one (first row); the unpruned\n"
         "time is in brackets; medians of 30 (batch 1) and 10 (batch 64) runs.\n\n"
-        f"{markdown_table(speed)}\n\n{notes}"
+        f"{markdown_table(speed)}\n\n{text}"
     )
-    return Evidence("\n".join(lines), table(groups, metric), figures, details,
-                    paper=paper.rows(stats, judged, baseline_per_seed(groups, metric), se_diffs))  # fmt: skip
+    model = None if small else label
+    named = plan != "uniform"
+    rows = paper.rows(stats, judged, baseline_per_seed(groups, metric), se_diffs, model=model,
+                      named=named, sizes=_sizes(groups))  # fmt: skip
+    return Evidence("\n".join(lines), table(groups, metric), figures, details, paper=rows)
 
 
-def baseline_per_seed(groups: dict[tuple[str, float], list[TrialResult]], metric: str) -> dict | None:
+def notes_for(small: bool) -> str:
+    """The protocol, the paper's numbers and what the run can decide."""
+    if small:
+        return f"{PROTOCOL_NOTE}\n{PAPER_NOTE}\n{SCALE_NOTE}"
+    return f"{PAPER_PROTOCOL_NOTE}\n{PAPER_NOTE}\n{PAPER_SCALE_NOTE}"
+
+
+def _sizes(groups: dict[tuple[str, float], list[TrialResult]]) -> dict[str, float] | None:
+    """A structured trial's parameter and FLOPs counts, pruned and unpruned."""
+    for (arm, _), trials in groups.items():
+        if arm in STRUCTURED:
+            final = trials[0].final
+            return {
+                k: final[k] for k in ("params", "flops", "params_full", "flops_full") if k in final
+            }
+    return None
+
+
+def merge(parts: list[tuple[str, str, Evidence]]) -> Evidence:
+    """One report from several networks' evidence (label, name slug, evidence): lines and
+    rows labelled with the network, figures named by it, the notes once."""
+    summary, table_rows, figures, details, rows = [], [], {}, [], []
+    for label, slug, ev in parts:
+        summary += [f"{label}: {line}" for line in ev.summary.splitlines() if line]
+        table_rows += [{"network": label, **row} for row in ev.table]
+        figures.update({f"{slug}_{name}": fig for name, fig in ev.figures.items()})
+        details.append(f"### {label}\n\n{ev.details}".rstrip())
+        rows += [r if r["quantity"].startswith(label) else {**r, "quantity": f"{label}: {r['quantity']}"}
+                 for r in ev.paper]  # fmt: skip
+    details.append(notes_for(small=False))
+    return Evidence("\n".join(summary), table_rows, figures, "\n\n".join(details), paper=rows)
+
+
+def baseline_per_seed(
+    groups: dict[tuple[str, float], list[TrialResult]], metric: str
+) -> dict | None:
     """The structured arms' unpruned baseline, one value per seed (its trials share it);
     None where they ran at more than one lr."""
     trials = [t for (arm, _), ts in groups.items() if arm in STRUCTURED for t in ts]

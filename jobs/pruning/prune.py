@@ -18,6 +18,8 @@ from torch import nn
 from torch.nn.utils import prune as nn_prune
 from torch.utils.flop_counter import FlopCounterMode
 
+from jobs.pruning import models
+
 
 def l1_filter_norms(conv: nn.Conv2d) -> torch.Tensor:
     """Li et al.'s criterion: the L1 norm of each filter's own kernel, sum |w| over its input
@@ -30,24 +32,43 @@ def filters_to_remove(conv: nn.Conv2d, ratio: float) -> list[int]:
     """The indices of the filters `ratio` of `conv` loses, lowest own-kernel L1 norm first;
     it keeps int(out_channels x (1 - ratio)) (the 1e-9 absorbs 1 - 0.7 = 0.30000000000000004),
     and at least one: a conv without filters would cut the network."""
-    keep = max(1, int(conv.out_channels * (1 - ratio) + 1e-9))
+    return weakest_filters(conv, max(1, int(conv.out_channels * (1 - ratio) + 1e-9)))
+
+
+def weakest_filters(conv: nn.Conv2d, keep: int) -> list[int]:
+    """The indices of all but the `keep` filters of `conv` with the largest own-kernel L1
+    norm (vggprune.py / res56prune.py keep the top `keep` by np.argsort of the norms)."""
     order = torch.argsort(l1_filter_norms(conv), stable=True)  # ascending: weakest first
     return sorted(order[: conv.out_channels - keep].tolist())
 
 
 def structured_prune(model: nn.Module, input_shape: list[int], ratio: float) -> nn.Module:
-    """A copy of `model` with `ratio` of every conv's filters removed by Li et al.'s L1 norm;
-    the classifier keeps its outputs. As in the reference vggprune.py, every layer's filters
-    are ranked on the unpruned model before any is removed (Li et al.'s "independent"
-    strategy); torch-pruning only does the surgery (the conv's filters, its BatchNorm
-    entries, the next layer's input channels) on the indices chosen here."""
+    """A copy of `model` with `ratio` of every prunable conv's filters (models.prunable_convs:
+    every conv of a VGG, every residual block's first conv of a ResNet) removed by Li et
+    al.'s L1 norm; the classifier keeps its outputs."""
+    keep = [max(1, int(c * (1 - ratio) + 1e-9)) for c in models.channels_of(model)]
+    return prune_to(model, input_shape, keep)
+
+
+def prune_to(model: nn.Module, input_shape: list[int], channels: list[int]) -> nn.Module:
+    """A copy of `model` whose prunable convs keep `channels[i]` filters each, those of the
+    largest L1 norm (a named plan: cifar_nets.plan_channels). As in the reference
+    vggprune.py / res56prune.py, every layer's filters are ranked on the unpruned model
+    before any is removed (Li et al.'s "independent" strategy); torch-pruning only does the
+    surgery (the conv's filters, its BatchNorm entries, the next layer's input channels) on
+    the indices chosen here."""
     pruned = copy.deepcopy(model).cpu().eval()
-    convs = [m for m in pruned.modules() if isinstance(m, nn.Conv2d)]
-    chosen = [(conv, filters_to_remove(conv, ratio)) for conv in convs]  # before any surgery
+    convs = models.prunable_convs(pruned)
+    if len(channels) != len(convs):
+        raise ValueError(f"{len(channels)} channel counts for {len(convs)} prunable convs")
+    for conv, k in zip(convs, channels, strict=True):
+        if not 1 <= k <= conv.out_channels:
+            raise ValueError(f"keep {k} of a conv's {conv.out_channels} filters")
+    chosen = [(c, weakest_filters(c, k)) for c, k in zip(convs, channels, strict=True)]
     example = torch.zeros(1, *input_shape)
     with torch.enable_grad():  # the dependency graph is traced through autograd
         graph = tp.DependencyGraph().build_dependency(pruned, example_inputs=example)
-        for conv, idxs in chosen:
+        for conv, idxs in chosen:  # every choice made before any surgery
             if not idxs:
                 continue
             group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=idxs)
@@ -71,7 +92,9 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def scratch_b_epochs(epochs: int, flops_full: int, flops_pruned: int, cap: float | None = None) -> int:
+def scratch_b_epochs(
+    epochs: int, flops_full: int, flops_pruned: int, cap: float | None = None
+) -> int:
     """Scratch-B's budget as the reference main_B.py computes it: int(epochs x FLOPs_unpruned
     / FLOPs_pruned) (measured), the baseline's compute spent on the smaller model. The CIFAR
     code has no cap (the paper's "at most 2x" is for ImageNet); `cap`, when set, limits it to
