@@ -2,12 +2,13 @@
 
 The protocol of Lee et al. (daintlab/fewshot-SFDA, target_finetune.py and its scripts):
 SAM (rho 0.05) around Adam, weight decay 0, batches of 32 drawn with replacement from the
-shots (its InfiniteDataLoader) and augmented as its default train transform (less the
-crop and hue jitter, see augment.py), a fixed number of steps (1000), model selection by the
-lowest loss on one validation image per class, checked after the first step, every
-`eval_every` steps (100) and at the last step; the learning rate is chosen on the 1-shot
-split. LP-FT is two runs: LP (the classifier alone, 400 steps, lr 1e-4), whose last model
-starts FT (all parameters, lr 1e-5, the run that validation selects in).
+shots (its InfiniteDataLoader) and augmented as its default train transform (in memory
+less the crop and hue jitter; streamed, whole: see augment.py), a fixed number of steps
+(1000), model selection by the lowest loss on one validation image per class, checked after
+the first step, every `eval_every` steps (100) and at the last step; the learning rate is
+chosen on the 1-shot split. LP-FT is two runs: LP (the classifier alone, 400 steps, lr
+1e-4), whose last model starts FT (all parameters, lr 1e-5, the run that validation selects
+in).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from jobs.few_shot.augment import fewshot_train
-from skeptic.training import Autocast, evaluate
+from jobs.few_shot.augment import Images, as_images, evaluate
+from skeptic.training import Autocast
 
 # method -> the parameters it tunes (the reference's --adapt: all, cls, BN, clsBN)
 FT_METHODS: dict[str, str] = {
@@ -150,7 +151,7 @@ def is_check(done: int, eval_every: int, total: int) -> bool:
 
 def finetune(
     model: nn.Module,
-    x: torch.Tensor,
+    x: torch.Tensor | Images,
     y: torch.Tensor,
     method: str,
     lr: float,
@@ -160,12 +161,13 @@ def finetune(
     seed: int,
     autocast: Autocast = contextlib.nullcontext,
 ) -> Iterator[Point]:
-    """Fine-tune `model` in place on the labelled shots with SAM(Adam, weight decay 0),
-    yielding the checks of the run validation selects in (for LP-FT: its FT run)."""
+    """Fine-tune `model` in place on the labelled shots (`x`: images in memory or streamed,
+    `y`: their labels on the model's device) with SAM(Adam, weight decay 0), yielding the
+    checks of the run validation selects in (for LP-FT: its FT run)."""
     if method not in FT_METHODS:
         raise ValueError(f"unknown fine-tuning method {method!r}; allowed: {', '.join(FT_METHODS)}")
     gen = torch.Generator().manual_seed(seed)  # the batches and their augmentation
-    stream = _augmented(x, y, sampled_batches(len(x), batch_size, gen), gen)
+    stream = _augmented(as_images(x), y, sampled_batches(len(x), batch_size, gen), gen)
     if method == "lp_ft":  # run 1: LP; its last model (no selection) starts run 2
         lp_steps = max(1, round(LP_FT_LP_FRACTION * steps))
         lp_lr = LP_FT_LR_RATIO * lr
@@ -177,11 +179,10 @@ def finetune(
 
 
 def _augmented(
-    x: torch.Tensor, y: torch.Tensor, indices: Iterator[torch.Tensor], gen: torch.Generator
+    images: Images, y: torch.Tensor, indices: Iterator[torch.Tensor], gen: torch.Generator
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for idx in indices:
-        idx = idx.to(x.device)
-        yield fewshot_train(x[idx], gen), y[idx]
+    for idx, xb in images.batches(indices, "fewshot", gen):
+        yield xb, y[idx]
 
 
 def _run(
@@ -215,13 +216,13 @@ class Selected:
 
 
 def select_by_val_loss(
-    model: nn.Module, points: Iterator[Point], xv: torch.Tensor, yv: torch.Tensor
+    model: nn.Module, points: Iterator[Point], xv: torch.Tensor | Images, yv: torch.Tensor
 ) -> Selected:
     """Run `points` to the end, keeping a copy of the weights with the lowest val loss
     among the checks (as the reference, the unadapted model is not a candidate)."""
     best = Selected(0, math.inf, copy.deepcopy(model.state_dict()))
     for point in points:
-        loss = evaluate(model, xv, yv)[0]
+        loss = evaluate(model, as_images(xv), yv)[0]
         if loss < best.val_loss:
             best = Selected(point.step, loss, copy.deepcopy(model.state_dict()))
     return best
@@ -229,9 +230,9 @@ def select_by_val_loss(
 
 def choose_lr(
     source: nn.Module,
-    x1: torch.Tensor,
+    x1: torch.Tensor | Images,
     y1: torch.Tensor,
-    xv: torch.Tensor,
+    xv: torch.Tensor | Images,
     yv: torch.Tensor,
     method: str,
     grid: Sequence[float],

@@ -30,9 +30,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from jobs.few_shot.augment import target_train
+from jobs.few_shot.augment import Images, as_images
 from jobs.few_shot.finetune import Point, batches, bn_layers, is_check, set_mode, tuned_parameters
-from skeptic.training import Autocast, optimizer_step, predict
+from skeptic.training import Autocast, optimizer_step
 
 SFUDA_METHODS = ("shot", "aad", "tent")
 
@@ -141,9 +141,10 @@ def _optimizer(model: nn.Module, method: str, cfg: SfudaConfig, steps: int) -> t
     return opt, decay
 
 
-def _embed(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Bottleneck features and logits of all of `x`, in eval mode (BN on running stats)."""
-    feats = predict(nn.Sequential(model.features, model.bottleneck), x)
+def _embed(model: nn.Module, x: Images) -> tuple[torch.Tensor, ...]:
+    """Bottleneck features and logits of all of `x`, in eval mode (BN on running stats),
+    on SHOT's test transform (its obtain_label and AaD's bank read the test loader)."""
+    feats = x.predict(nn.Sequential(model.features, model.bottleneck), "shot_test")
     with torch.no_grad():
         return feats, model.classifier(feats)
 
@@ -165,24 +166,29 @@ def tent_configure(model: nn.Module) -> None:
 
 def adapt(
     model: nn.Module,
-    x: torch.Tensor,
+    x: torch.Tensor | Images,
     method: str,
     eval_every: int,
     seed: int,
     cfg: SfudaConfig | None = None,
     autocast: Autocast = contextlib.nullcontext,
 ) -> Iterator[Point]:
-    """Adapt `model` in place on the unlabelled target images `x` (TENT: the test images)."""
+    """Adapt `model` in place on the unlabelled target images `x` (TENT: the test images),
+    in memory or streamed."""
     if method not in SFUDA_METHODS:
         raise ValueError(f"unknown SFUDA method {method!r}; allowed: {', '.join(SFUDA_METHODS)}")
     cfg = cfg or HPARAMS[method]
+    x = as_images(x)
     steps = steps_for(method, len(x), cfg)
     if method == "tent":
         tent_configure(model)
     opt, decay = _optimizer(model, method, cfg, steps)
     mode = "all" if method == "tent" else PARTS[method]  # TENT: model.train() throughout
     gen = torch.Generator().manual_seed(seed)  # the batches and their augmentation
-    stream = _stream(x, batches(len(x), cfg.batch_size, gen), gen, augment=method != "tent")
+    # SHOT's and AaD's target loader augments (image_train), TENT predicts the test batches
+    # as they are
+    view = "test" if method == "tent" else "target"
+    stream = x.batches(batches(len(x), cfg.batch_size, gen), view, gen)
     make = {"shot": _shot, "aad": _aad, "tent": _tent}[method]
     loss_fn = make(model, x, stream, cfg, steps, math.ceil(steps / cfg.epochs))
     set_mode(model, mode)
@@ -198,18 +204,8 @@ def adapt(
             total, count = 0.0, 0
 
 
-def _stream(
-    x: torch.Tensor, indices: Iterator[torch.Tensor], gen: torch.Generator, augment: bool
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(indices, images) batches: SHOT's and AaD's target loader augments (image_train, its
-    flip: augment.target_train), TENT predicts the test batches as they are."""
-    for idx in indices:
-        idx = idx.to(x.device)
-        yield idx, target_train(x[idx], gen) if augment else x[idx]
-
-
 def _tent(
-    model: nn.Module, x: torch.Tensor, stream: Iterator, cfg: SfudaConfig, steps: int, epoch: int
+    model: nn.Module, x: Images, stream: Iterator, cfg: SfudaConfig, steps: int, epoch: int
 ) -> Callable[[int], torch.Tensor]:
     def loss_fn(step: int) -> torch.Tensor:
         return tent_loss(model(next(stream)[1]))
@@ -218,7 +214,7 @@ def _tent(
 
 
 def _shot(
-    model: nn.Module, x: torch.Tensor, stream: Iterator, cfg: SfudaConfig, steps: int, epoch: int
+    model: nn.Module, x: Images, stream: Iterator, cfg: SfudaConfig, steps: int, epoch: int
 ) -> Callable[[int], torch.Tensor]:
     # Pseudo-labels from the whole target set at the start of every epoch (interval_iter =
     # max_iter // interval with interval = max_epoch), with the model in eval mode.
@@ -235,7 +231,7 @@ def _shot(
 
 
 def _aad(
-    model: nn.Module, x: torch.Tensor, stream: Iterator, cfg: SfudaConfig, steps: int, epoch: int
+    model: nn.Module, x: Images, stream: Iterator, cfg: SfudaConfig, steps: int, epoch: int
 ) -> Callable[[int], torch.Tensor]:
     feats, logits = _embed(model, x)
     bank = {"features": F.normalize(feats, dim=1), "scores": F.softmax(logits, dim=1)}
