@@ -732,6 +732,30 @@ def test_dev_overlay_is_cpu_only_with_one_worker():
             assert groups[0]["maxReplicas"] == 1
 
 
+def test_paper_overlay_runs_the_paper_preset_on_gpu_workers_with_its_data():
+    from skeptic.study import get_study
+
+    docs = built("paper")
+    job = one(docs, "RayJob")
+    args = parse_entrypoint(job["spec"]["entrypoint"])
+    assert (args.study, args.preset, args.smoke) == ("large_batch", "paper", False)
+    groups = {g["groupName"]: g for g in ray_cluster_spec(job)["workerGroupSpecs"]}
+    assert groups["gpu"]["minReplicas"] >= 1 and groups["cpu"]["maxReplicas"] >= 0
+    assert groups["cpu"]["replicas"] == 0
+    preset = get_study("large_batch").presets["paper"].spec
+    assert preset["resources"]["gpu"] >= 1
+    data_path = preset["data"]["path"]
+    for where, template in pod_templates(job):
+        if "gpu" not in where and "head" not in where:
+            continue
+        mounts = template["spec"]["containers"][0]["volumeMounts"]
+        mount = [m for m in mounts if data_path.startswith(m["mountPath"] + "/")]
+        assert mount and mount[0].get("readOnly"), f"{where} does not mount {data_path}"
+        volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+        claim = volumes[mount[0]["name"]]["persistentVolumeClaim"]["claimName"]
+        assert one(docs, "PersistentVolumeClaim", claim)
+
+
 # ---- tests: planted mistakes must fail -------------------------------------------------------
 
 

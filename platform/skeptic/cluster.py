@@ -159,6 +159,8 @@ def submit(
         f" --tracking-uri {shlex.quote(tracking_uri)}"
         f" --storage {shlex.quote(storage) if storage else DEFAULT_JOB_STORAGE}"
     )
+    if spec.preset:  # the file holds every value; the preset is named so the run records it
+        entrypoint += f" --preset {shlex.quote(spec.preset)}"
     if verbose:
         entrypoint += " --verbose"
     with tempfile.TemporaryDirectory(prefix="skeptic-job-") as tmp:
