@@ -110,9 +110,9 @@ def main() -> None:
         print(f"GPU: {torch.cuda.get_device_name()}")
     else:
         print(f"no GPU: CPU figures only ({cores} cores; sizes {'tiny' if args.tiny else 'paper'})")
-    import ray
+    from skeptic.connect import init_ray
 
-    ray.init(include_dashboard=False, log_to_driver=False)  # one Ray for every sweep below
+    init_ray(None)  # one in-process Ray for every sweep below, started as `skeptic run` starts it
     gpu = ["resources.gpu=1", "resources.bf16=true"] if cuda else [f"resources.cpu={cores}"]
     with tempfile.TemporaryDirectory() as tmp:
         whole: dict[str, float] = {}  # model -> one trial's images/s on the whole device
