@@ -155,4 +155,4 @@ def test_gpu_throughput_benchmark_runs_tiny_on_cpu(tmp_path):
     out = proc.stdout
     if not torch.cuda.is_available():
         assert "no GPU: CPU figures only" in out
-    assert "resnet44" in out and "resnet50" in out and "aggregate ratio" in out
+    assert "resnet44" in out and "aggregate ratio" in out

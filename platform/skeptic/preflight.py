@@ -171,7 +171,23 @@ def check_resources(spec: Spec, address: str | None) -> None:
 
         nodes = [(float(os.cpu_count() or 1), float(torch.cuda.device_count()))]
         where = "this machine"
-    _check_fit(spec.resources.cpu, spec.resources.gpu, nodes, where)
+    r = spec.resources
+    _check_fit(r.cpu, r.gpu, nodes, where)
+    if r.workers > 1:
+        _check_workers(r.workers, r.cpu, r.gpu, nodes, where.removeprefix("the largest node of "))
+
+
+def _check_workers(
+    workers: int, cpu: float, gpu: float, nodes: list[tuple[float, float]], where: str
+) -> None:
+    """A multi-worker trial's processes may spread over nodes, but all must fit at once:
+    Ray Train waits for the last one forever."""
+    fits = sum(min(c // cpu, g // gpu if gpu else c // cpu) for c, g in nodes)
+    if fits < workers:
+        raise SpecError(
+            f"resources.workers: {workers} workers of cpu={cpu:g} gpu={gpu:g} requested, but "
+            f"{where} fits {fits:g} at once; allowed: resources.workers <= {max(fits, 1):g}"
+        )
 
 
 def _check_fit(cpu: float, gpu: float, nodes: list[tuple[float, float]], where: str) -> None:
