@@ -130,6 +130,8 @@ def describe_plan(study: Study, spec: Spec, address: str | None = None) -> str:
     preflight(study, spec, local_data=False)
     check_comparisons(study, spec)
     plan, absent = _local_plan(study, spec, address)
+    if plan is not None:  # the data is here: the study's checks that need it too
+        study.check_spec(spec, plan)
     points = grid_points(spec)
     sweep, resources, looks = spec.sweep, spec.resources, seed_looks(spec)
     workers = f", {resources.workers} workers (DDP)" if resources.workers > 1 else ""
