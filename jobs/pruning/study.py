@@ -553,37 +553,7 @@ def decide_settings(
     fine-tuning is shown better for every network (and ratio) tested; one where Scratch-B
     is shown within the margin (or better) overturns it, unless fine-tuning is shown better
     for another: then the answer depends on the network, and the run is undecided."""
-    if not outcomes:
-        return None, "the sweep lacks the fine_tuned or scratch_b arm: nothing decides"
-    noninf = [j for n, j in judged.items() if n.startswith(verdict.NONINF + "_")]
-    if all(j.estimate is None for j in noninf):
-        return None, "fine_tuned or scratch_b has fewer than 2 seeds: the spread is unknown"
-    by: dict[str, list[str]] = defaultdict(list)
-    for where, outcome in outcomes.items():
-        by[outcome].append(where)
-    margin = f"{100 * verdict.MARGIN:g} pp"
-    if len(by["fine-tuning"]) == len(outcomes):
-        return (
-            True,
-            f"fine-tuning beats Scratch-B for every network tested ({', '.join(by['fine-tuning'])})",
-        )
-    if by["matched"] and not by["fine-tuning"]:
-        undecided = f"; undecided for {', '.join(by['open'])}" if by["open"] else ""
-        return False, (
-            f"Scratch-B is no worse than fine-tuning by more than {margin} for "
-            f"{', '.join(by['matched'])}{undecided}, and fine-tuning is shown better for none"
-        )
-    if by["matched"]:
-        return None, (
-            f"the answer depends on the network: Scratch-B within {margin} of fine-tuning (or "
-            f"better) for {', '.join(by['matched'])}, fine-tuning better for {', '.join(by['fine-tuning'])}"
-        )
-    shown = (
-        f"fine-tuning is better for {', '.join(by['fine-tuning'])}, but "
-        if by["fine-tuning"]
-        else ""
-    )
-    return None, f"{shown}the data decide neither way for {', '.join(by['open'])}"
+    return verdict.decide_outcomes(outcomes, judged, over="network")
 
 
 # ---- the paper presets ----------------------------------------------------------------------

@@ -112,27 +112,38 @@ def decide(judged: Mapping[str, Judged]) -> tuple[bool | None, str]:
     another ratio: then the answer depends on the ratio, and the run is undecided. The
     ticket comparisons do not count. Scratch-B within the margin but also shown below
     fine-tuned counts as matched: a gap under the margin is one we declared negligible."""
-    outcomes = ratio_outcomes(judged)
+    outcomes = {f"{ratio:g}": outcome for ratio, outcome in ratio_outcomes(judged).items()}
+    return decide_outcomes(outcomes, judged, over="ratio")
+
+
+def decide_outcomes(
+    outcomes: Mapping[str, str], judged: Mapping[str, Judged], over: str
+) -> tuple[bool | None, str]:
+    """`decide`'s rule over any settings (`over`: "ratio", or "network" when a sweep prunes
+    several): each setting's outcome is fine-tuning, matched or open."""
     if not outcomes:
         return None, "the sweep lacks the fine_tuned or scratch_b arm: nothing decides"
     if all(j.estimate is None for n, j in judged.items() if n.startswith(NONINF + "_")):
         return None, "fine_tuned or scratch_b has fewer than 2 seeds: the spread is unknown"
     by = defaultdict(list)
-    for ratio, outcome in outcomes.items():
-        by[outcome].append(f"{ratio:g}")
+    for where, outcome in outcomes.items():
+        by[outcome].append(where)
+    ft, matched, open_ = (", ".join(by[k]) for k in ("fine-tuning", "matched", "open"))
+    prep = "at" if over == "ratio" else "for"
+    named = "at ratio" if over == "ratio" else "for"  # before a list of ratios / networks
     margin = f"{100 * MARGIN:g} pp"
     if len(by["fine-tuning"]) == len(outcomes):
-        return True, f"fine-tuning beats Scratch-B at every ratio tested ({', '.join(by['fine-tuning'])})"
-    if by["matched"] and not by["fine-tuning"]:
-        undecided = f"; undecided at {', '.join(by['open'])}" if by["open"] else ""
+        return True, f"fine-tuning beats Scratch-B {prep} every {over} tested ({ft})"
+    if matched and not ft:
+        undecided = f"; undecided {prep} {open_}" if open_ else ""
         return False, (
-            f"Scratch-B is no worse than fine-tuning by more than {margin} at ratio "
-            f"{', '.join(by['matched'])}{undecided}, and fine-tuning is shown better at none"
+            f"Scratch-B is no worse than fine-tuning by more than {margin} {named} "
+            f"{matched}{undecided}, and fine-tuning is shown better {prep} none"
         )
-    if by["matched"]:
+    if matched:
         return None, (
-            f"the answer depends on the ratio: Scratch-B within {margin} of fine-tuning (or "
-            f"better) at {', '.join(by['matched'])}, fine-tuning better at {', '.join(by['fine-tuning'])}"
+            f"the answer depends on the {over}: Scratch-B within {margin} of fine-tuning (or "
+            f"better) {prep} {matched}, fine-tuning better {prep} {ft}"
         )
-    shown = f"fine-tuning is better at {', '.join(by['fine-tuning'])}, but " if by["fine-tuning"] else ""
-    return None, f"{shown}the data decide neither way at ratio {', '.join(by['open'])}"
+    shown = f"fine-tuning is better {prep} {ft}, but " if ft else ""
+    return None, f"{shown}the data decide neither way {named} {open_}"
