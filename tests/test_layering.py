@@ -16,7 +16,8 @@ CORE = Path(skeptic.__file__).parent
 API_LAYER = {
     "skeptic", "skeptic.api", "skeptic.contexts", "skeptic.study", "skeptic.spec",
     "skeptic.schema", "skeptic.stats", "skeptic.data", "skeptic.data.datasets",
-    "skeptic.data.digits", "skeptic.data.imagefolder", "skeptic.data.shapes",
+    "skeptic.data.digits", "skeptic.data.imagefolder", "skeptic.data.shapes", "skeptic.data.disk",
+    "skeptic.data.splits",
     "skeptic.training",
 }  # fmt: skip
 

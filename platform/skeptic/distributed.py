@@ -17,22 +17,26 @@ continues from its last checkpoint too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import tune
 
-from skeptic.trial import TrialSetup, restore_checkpoint, train_process
+if TYPE_CHECKING:
+    from skeptic.trial import TrialSetup
 
 CHECKPOINT_PATH = "checkpoint_path"  # ray.tune.integration.ray_train.CHECKPOINT_PATH_KEY
 TRAIN_FOLDER = "train"  # under the round's Tune folder: one Train run per trial
 
 
 def train_on_workers(
-    config: dict, data: dict, setup: TrialSetup, run_id: str, trial_id: str, started: float
-) -> None:
-    """Run the trial as a Ray Train run of `resources.workers` DDP processes and wait for it."""
+    config: dict, data: dict, setup: TrialSetup, run_id: str, trial_id: str, started: float,
+    process: Callable[..., None],
+) -> None:  # fmt: skip
+    """Run the trial as a Ray Train run of `resources.workers` DDP processes and wait for it;
+    each runs `process` (skeptic.trial.train_process) with its rank, device and checkpoint."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -41,7 +45,7 @@ def train_on_workers(
     per_worker = {"CPU": r.cpu, **({"GPU": r.gpu} if r.gpu else {})}
     loop_config = {
         "config": config, "data": ray.put(data), "setup": setup, "run_id": run_id,
-        "started": started,
+        "started": started, "process": process,
     }  # fmt: skip
     trainer = TorchTrainer(
         _worker_loop,
@@ -70,10 +74,9 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     setup: TrialSetup = loop_config["setup"]
     context = ray.train.get_context()
     device = ray.train.torch.get_device() if setup.spec.resources.gpu > 0 else _cpu()
-    train_process(
+    loop_config["process"](
         get_study(setup.spec.study), loop_config["config"], ray.get(loop_config["data"]), setup,
-        loop_config["run_id"], loop_config["started"], device,
-        restore_checkpoint(ray.train.get_checkpoint()),
+        loop_config["run_id"], loop_config["started"], device, ray.train.get_checkpoint(),
         rank=context.get_world_rank(), world_size=context.get_world_size(),
     )  # fmt: skip
 

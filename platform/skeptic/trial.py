@@ -225,11 +225,10 @@ def run_trial(config: dict, data: dict, setup: TrialSetup) -> None:
         if setup.spec.resources.workers > 1:
             from skeptic.distributed import train_on_workers
 
-            train_on_workers(config, data, setup, run_id, trial_id, started)
+            train_on_workers(config, data, setup, run_id, trial_id, started, train_process)
         else:
             device = pick_device(setup.spec.resources.gpu)
-            restored = restore_checkpoint(tune.get_checkpoint())
-            train_process(study, config, data, setup, run_id, started, device, restored)
+            train_process(study, config, data, setup, run_id, started, device, tune.get_checkpoint())
     except Exception as err:
         client.set_tag(run_id, Tag.OUTCOME, Outcome.FAILED)
         client.set_tag(run_id, Tag.ERROR, f"{type(err).__name__}: {err}"[:ERROR_CHARS])
@@ -241,15 +240,16 @@ def run_trial(config: dict, data: dict, setup: TrialSetup) -> None:
 
 def train_process(
     study: Study, config: dict, data: dict, setup: TrialSetup, run_id: str, started: float,
-    device: torch.device, restored: tuple[int, dict | None], rank: int = 0, world_size: int = 1,
+    device: torch.device, checkpoint: Any, rank: int = 0, world_size: int = 1,
 ) -> None:  # fmt: skip
-    """One training process of a trial: the whole trial, or one worker of a Ray Train run."""
+    """One training process of a trial: the whole trial, or one worker of a Ray Train run,
+    from its last (Tune or Train) checkpoint if it has one."""
     params, logged = trial_params(study, setup, config)
     seed = int(config["seed"])
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes per trial
     torch.set_num_threads(max(1, int(setup.spec.resources.cpu)))
     client = MlflowClient(setup.tracking_uri)
-    start_epoch, state = restored
+    start_epoch, state = restore_checkpoint(checkpoint)
     if start_epoch == 0 and rank == 0:
         _log_start(client, run_id, study, setup, params, logged, seed, device, started)
     data = materialize(data)  # arrays read from disk here, not shipped through Ray

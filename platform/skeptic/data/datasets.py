@@ -28,6 +28,7 @@ from skeptic.data.shapes import (
     make_shapes,
     proportional_counts,
 )
+from skeptic.data.splits import hold_out_test, stratified_split, stratified_subset, val_count
 
 DATASET_NAMES = ("shapes", "digits", "imagefolder", "cifar10", "cifar100")
 
@@ -162,21 +163,10 @@ def load_dataset(
         classes = list(DIGIT_NAMES)
     else:
         x, y, classes = _load_folder(path, domain, size, image_size, rng)
-    rest, test = _hold_out_test(y, test_fraction, seed)
+    rest, test = hold_out_test(y, test_fraction, seed)
     train, val = stratified_split(y[rest], val_fraction / (1 - test_fraction), rng)
     train, val = rest[train], rest[val]
     return Dataset(x[train], y[train], x[val], y[val], classes, name, x[test], y[test])
-
-
-def _hold_out_test(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(the rest, test) indices. Its own random stream: the train/val split of the rest is
-    drawn exactly as it was before test sets existed when test_fraction is 0."""
-    if not test_fraction:
-        return np.arange(len(y)), np.zeros(0, dtype=np.int64)
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
-    rest, test = stratified_split(y, test_fraction, np.random.default_rng([seed, 3]))
-    return np.sort(rest), np.sort(test)
 
 
 def _cap(
@@ -397,47 +387,6 @@ def _survey(path: str, domain: str | None) -> tuple[list[str], list[int]]:
         return survey_imagefolder(root)
     except (OSError, ValueError) as err:
         raise DataError("path", str(err)) from None
-
-
-def stratified_subset(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Sorted indices of `k` samples keeping each class's share (largest-remainder rounding)."""
-    classes, counts = np.unique(labels, return_counts=True)
-    take = proportional_counts(k, counts)
-    picked = [
-        rng.permutation(np.flatnonzero(labels == c))[:t] for c, t in zip(classes, take, strict=True)
-    ]
-    return np.sort(np.concatenate(picked))
-
-
-def val_count(n: int, val_fraction: float) -> int:
-    """How many of a class's `n` samples `stratified_split` puts in val: about
-    val_fraction, but at least one and not all of them when the class has two or more."""
-    n_val = round(n * val_fraction)
-    if n >= 2:
-        n_val = min(max(n_val, 1), n - 1)
-    return n_val
-
-
-def stratified_split(
-    labels: np.ndarray, val_fraction: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Shuffled (train, val) index arrays with about `val_fraction` of every class in val.
-
-    Every class with at least two samples lands in both parts.
-    """
-    train, val = [], []
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        n_val = val_count(len(idx), val_fraction)
-        val.append(idx[:n_val])
-        train.append(idx[n_val:])
-    train_idx, val_idx = np.concatenate(train), np.concatenate(val)
-    if len(train_idx) == 0 or len(val_idx) == 0:
-        raise ValueError(
-            f"{len(labels)} samples are too few to split with val_fraction {val_fraction}"
-        )
-    # Shuffle so batches are not sorted by class.
-    return rng.permutation(train_idx), rng.permutation(val_idx)
 
 
 def data_hash(data: dict[str, Any]) -> str:

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from skeptic.data.splits import hold_out_test, stratified_split, stratified_subset
+
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
@@ -110,8 +112,6 @@ class DiskArrays:
 
     def load(self) -> dict[str, Any]:
         """The arrays dict every study's trial gets (x_* float32 in [0, 1], y_* int64)."""
-        from skeptic.data.datasets import stratified_split, stratified_subset
-
         x, y = read_cifar(self.name, self.path, train=True)
         rng = np.random.default_rng([self.seed, 2])  # the streams load_dataset uses
         if len(y) > self.size:
@@ -190,7 +190,6 @@ def has_train_val_layout(root: Path) -> bool:
 
 @cache
 def _splits(src: FolderSource) -> dict[str, Any]:
-    from skeptic.data.datasets import _hold_out_test, stratified_split, stratified_subset
     from skeptic.data.imagefolder import domain_root, scan_imagefolder
 
     root = Path(src.root)
@@ -209,7 +208,7 @@ def _splits(src: FolderSource) -> dict[str, Any]:
         folder = domain_root(root, src.domain) if src.domain else root
         classes, files, labels = _listing(scan_imagefolder(folder))
         files, labels = _capped(files, labels, src.size, rng, stratified_subset)
-        rest, test = _hold_out_test(labels, src.test_fraction, src.seed)
+        rest, test = hold_out_test(labels, src.test_fraction, src.seed)
         train, val = stratified_split(labels[rest], src.val_fraction / (1 - src.test_fraction), rng)
         parts = {p: (files, labels, idx) for p, idx in
                  (("train", rest[train]), ("val", rest[val]), ("test", test))}  # fmt: skip
