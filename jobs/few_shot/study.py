@@ -104,6 +104,7 @@ from skeptic.data import (
     class_counts,
     domain_root,
     image_loader,
+    labelled_files,
     load_domain_folder,
     make_shapes,
     plan_dataset,
@@ -463,8 +464,7 @@ class FewShot(Study):
             raise ValueError("data.path: the imagefolder root (root/<domain>/<class>/*.jpg)")
         if d.stream:  # the files, in the order load_domain_folder decodes them
             classes, files = scan_imagefolder(domain_root(d.path, domain))
-            x = np.array([str(f) for fs in files for f in fs], dtype=str)
-            y = np.repeat(np.arange(len(classes), dtype=np.int64), [len(f) for f in files])
+            x, y = labelled_files(files)
         else:
             x, y, classes = load_domain_folder(d.path, domain, d.image_size)
         if priors is not None:

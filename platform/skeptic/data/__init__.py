@@ -10,21 +10,20 @@ from skeptic.data.datasets import (
     data_hash,
     load_dataset,
     plan_dataset,
-    stratified_split,
-    stratified_subset,
-    val_count,
 )
 from skeptic.data.digits import DIGIT_NAMES, load_digits_arrays
 from skeptic.data.disk import CIFAR, DiskArrays, FolderSource, image_loader, materialize
 from skeptic.data.imagefolder import (
     IMAGE_EXTENSIONS,
     domain_root,
+    labelled_files,
     load_domain_folder,
     load_imagefolder,
     scan_imagefolder,
     survey_imagefolder,
 )
 from skeptic.data.shapes import CLASS_NAMES, DOMAINS, Domain, class_counts, make_shapes
+from skeptic.data.splits import stratified_split, stratified_subset, val_count
 
 __all__ = [
     "CIFAR",
@@ -44,6 +43,7 @@ __all__ = [
     "data_hash",
     "domain_root",
     "image_loader",
+    "labelled_files",
     "load_dataset",
     "load_digits_arrays",
     "load_domain_folder",

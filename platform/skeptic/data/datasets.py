@@ -15,6 +15,7 @@ from skeptic.data.digits import DIGIT_NAMES, load_digits_arrays
 from skeptic.data.disk import CIFAR, CIFAR_SHAPE, cifar_classes, has_train_val_layout, read_cifar
 from skeptic.data.imagefolder import (
     domain_root,
+    labelled_files,
     read_images,
     scan_imagefolder,
     survey_imagefolder,
@@ -28,7 +29,7 @@ from skeptic.data.shapes import (
     make_shapes,
     proportional_counts,
 )
-from skeptic.data.splits import hold_out_test, stratified_split, stratified_subset, val_count
+from skeptic.data.splits import capped, hold_out_test, stratified_split, val_count
 
 DATASET_NAMES = ("shapes", "digits", "imagefolder", "cifar10", "cifar100")
 
@@ -159,7 +160,7 @@ def load_dataset(
         if domain is not None:
             raise ValueError("the digits dataset has no domains; leave domain unset")
         x, y = load_digits_arrays()
-        x, y = _cap(x, y, size, rng)
+        x, y = capped(x, y, size, rng)
         classes = list(DIGIT_NAMES)
     else:
         x, y, classes = _load_folder(path, domain, size, image_size, rng)
@@ -167,15 +168,6 @@ def load_dataset(
     train, val = stratified_split(y[rest], val_fraction / (1 - test_fraction), rng)
     train, val = rest[train], rest[val]
     return Dataset(x[train], y[train], x[val], y[val], classes, name, x[test], y[test])
-
-
-def _cap(
-    x: np.ndarray, y: np.ndarray, size: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    if len(y) <= size:
-        return x, y
-    keep = stratified_subset(y, size, rng)
-    return x[keep], y[keep]
 
 
 def _load_folder(
@@ -187,12 +179,8 @@ def _load_folder(
     if domain is not None:
         root = domain_root(root, domain)
     classes, files = scan_imagefolder(root)
-    paths = np.array([p for f in files for p in f], dtype=object)
-    labels = np.repeat(np.arange(len(classes), dtype=np.int64), [len(f) for f in files])
     # Pick the subset before decoding: a capped run over ImageNet must not read every file.
-    if len(labels) > size:
-        keep = stratified_subset(labels, size, rng)
-        paths, labels = paths[keep], labels[keep]
+    paths, labels = capped(*labelled_files(files), size, rng)
     return read_images(list(paths), image_size), labels, classes
 
 

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from skeptic.data.splits import hold_out_test, stratified_split, stratified_subset
+from skeptic.data.imagefolder import domain_root, labelled_files, scan_imagefolder
+from skeptic.data.splits import capped, hold_out_test, stratified_split
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
@@ -114,9 +115,7 @@ class DiskArrays:
         """The arrays dict every study's trial gets (x_* float32 in [0, 1], y_* int64)."""
         x, y = read_cifar(self.name, self.path, train=True)
         rng = np.random.default_rng([self.seed, 2])  # the streams load_dataset uses
-        if len(y) > self.size:
-            keep = stratified_subset(y, self.size, rng)
-            x, y = x[keep], y[keep]
+        x, y = capped(x, y, self.size, rng)
         train, val = stratified_split(y, self.val_fraction, rng)
         xt, yt = read_cifar(self.name, self.path, train=False)
         return {
@@ -190,24 +189,23 @@ def has_train_val_layout(root: Path) -> bool:
 
 @cache
 def _splits(src: FolderSource) -> dict[str, Any]:
-    from skeptic.data.imagefolder import domain_root, scan_imagefolder
-
+    """The classes, and each part's (files, labels)."""
     root = Path(src.root)
     rng = np.random.default_rng([src.seed, 2])
     if src.domain is None and has_train_val_layout(root):
-        classes, files, labels = _listing(scan_imagefolder(root / "train"))
-        test_classes, test_files, test_labels = _listing(scan_imagefolder(root / "val"))
+        classes, files, labels = _listing(root / "train")
+        test_classes, test_files, test_labels = _listing(root / "val")
         if test_classes != classes:
             raise ValueError(f"{root}/val has other classes than {root}/train")
-        files, labels = _capped(files, labels, src.size, rng, stratified_subset)
+        files, labels = capped(files, labels, src.size, rng)
         train, val = stratified_split(labels, src.val_fraction, rng)
         test = np.arange(len(test_labels))
         parts = {"train": (files, labels, train), "val": (files, labels, val),
                  "test": (test_files, test_labels, test)}  # fmt: skip
     else:
         folder = domain_root(root, src.domain) if src.domain else root
-        classes, files, labels = _listing(scan_imagefolder(folder))
-        files, labels = _capped(files, labels, src.size, rng, stratified_subset)
+        classes, files, labels = _listing(folder)
+        files, labels = capped(files, labels, src.size, rng)
         rest, test = hold_out_test(labels, src.test_fraction, src.seed)
         train, val = stratified_split(labels[rest], src.val_fraction / (1 - src.test_fraction), rng)
         parts = {p: (files, labels, idx) for p, idx in
@@ -218,18 +216,9 @@ def _splits(src: FolderSource) -> dict[str, Any]:
     return out
 
 
-def _listing(scanned: tuple[list[str], list[list[Path]]]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    classes, files = scanned
-    paths = np.array([str(p) for f in files for p in f], dtype=object)
-    labels = np.repeat(np.arange(len(classes), dtype=np.int64), [len(f) for f in files])
-    return classes, paths, labels
-
-
-def _capped(files: np.ndarray, labels: np.ndarray, size: int, rng: Any, subset: Any) -> tuple:
-    if len(labels) <= size:
-        return files, labels
-    keep = subset(labels, size, rng)
-    return files[keep], labels[keep]
+def _listing(folder: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    classes, files = scan_imagefolder(folder)
+    return (classes, *labelled_files(files))
 
 
 class _Images:  # a map-style dataset: DataLoader needs __len__ and __getitem__ only

@@ -30,6 +30,14 @@ def scan_imagefolder(root: str | Path) -> tuple[list[str], list[list[Path]]]:
     return [d.name for d in class_dirs], files
 
 
+def labelled_files(files: list[list[Path]]) -> tuple[np.ndarray, np.ndarray]:
+    """scan_imagefolder's files of each class as one array of paths (str, so the array's
+    bytes, which the data hash reads, are the paths themselves) and their int64 labels."""
+    paths = np.array([str(p) for f in files for p in f], dtype=str)
+    labels = np.repeat(np.arange(len(files), dtype=np.int64), [len(f) for f in files])
+    return paths, labels
+
+
 # The files of the CIFAR-10 "python version" archive: recognised only to say what to do.
 _CIFAR_BATCHES = ("data_batch_1", "batches.meta", "test_batch")
 
@@ -150,9 +158,8 @@ def load_imagefolder(
     classes, files = scan_imagefolder(root)
     if limit_per_class is not None:
         files = [f[:limit_per_class] for f in files]
-    paths = [p for f in files for p in f]
-    labels = np.repeat(np.arange(len(classes), dtype=np.int64), [len(f) for f in files])
-    return read_images(paths, size), labels, classes
+    paths, labels = labelled_files(files)
+    return read_images(list(paths), size), labels, classes
 
 
 def domain_root(root: str | Path, domain: str) -> Path:

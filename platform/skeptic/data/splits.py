@@ -19,6 +19,17 @@ def hold_out_test(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.nd
     return np.sort(rest), np.sort(test)
 
 
+def capped(
+    x: np.ndarray, y: np.ndarray, size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """At most `size` of the samples (x, y), each class keeping its share (stratified_subset);
+    all of them, untouched, when there are no more than `size`."""
+    if len(y) <= size:
+        return x, y
+    keep = stratified_subset(y, size, rng)
+    return x[keep], y[keep]
+
+
 def stratified_subset(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """Sorted indices of `k` samples keeping each class's share (largest-remainder rounding)."""
     classes, counts = np.unique(labels, return_counts=True)
