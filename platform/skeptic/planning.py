@@ -4,8 +4,10 @@ prints, and every check that can refuse a spec before anything starts."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
 from ray import tune
 
 from skeptic.data import DataPlan
@@ -35,11 +37,15 @@ def check_before_start(study: Study, spec: Spec, address: str | None) -> None:
     check_resources(spec, address)
 
 
+def point_params(study: Study, spec: Spec, point: dict) -> BaseModel:
+    """A grid point's resolved (derived) training parameters (the arm's name is not one)."""
+    return resolve_params(spec, study.Params, {k: v for k, v in point.items() if k != "arm"})
+
+
 def point_values(study: Study, spec: Spec, point: dict) -> dict[str, Any]:
     """A grid point's trial parameters as comparisons select them: the resolved (derived)
     values a trial logs, and the arm's name."""
-    params = resolve_params(spec, study.Params, {k: v for k, v in point.items() if k != "arm"})
-    return {**point, **params.model_dump()}
+    return {**point, **point_params(study, spec, point).model_dump()}
 
 
 def points_of(study: Study, spec: Spec, compares: list[Compare]) -> list[dict]:
@@ -183,15 +189,13 @@ def _local_plan(study: Study, spec: Spec, address: str | None) -> tuple[DataPlan
 
 
 def _missing_here(path: str | None) -> bool:
-    from pathlib import Path
-
     return path is not None and not Path(path).exists()
 
 
 def _preset_lines(study: Study, spec: Spec, name: str, plan: DataPlan | None) -> list[str]:
     preset = study.presets[name]
     low, high, images = gpu_hours(study, spec, preset, plan)
-    span = f"{low:,.0f}" if low == high else f"{low:,.0f} (first look) to {high:,.0f} (every look)"
+    span = f"{low:,.0f}" if low == high else f"{low:,.0f} (first look) to {high:,.0f} (last look)"
     return [
         f"preset {name}: {preset.about}",
         f"data: {preset.data}",
@@ -206,23 +210,27 @@ def gpu_hours(
     study: Study, spec: Spec, preset: Preset, plan: DataPlan | None
 ) -> tuple[float, float, float]:
     """(GPU-hours at the first look, at the last look of a seed rule, training images at the
-    last look): every trial's and stage run's `work` x the preset's seconds per image."""
+    last look): every trial's and stage run's `work` x the preset's seconds per image. Past
+    the first look only the grid points of deciding comparisons get more seeds."""
     n = plan.n_train if plan else _stated_train_images(spec, preset)
     looks = seed_looks(spec)
-    per_point = [study.work(resolve_params(spec, study.Params, _strip(p)), n) for p in grid_points(spec)]
+    points = grid_points(spec)
+    deciding = points_of(study, spec, [c for c in study.comparisons(spec) if c.deciding])
+    first_seeds, later_seeds = seed_values(spec, 0, looks[0]), seed_values(spec, looks[0], looks[-1])
 
-    def images(seeds: int) -> float:
-        stages = plan_tasks(study, spec, salt="", seeds=seed_values(spec, 0, seeds))
-        stage_images = sum(study.stage_work(t.stage, dict(t.config), n) for t in stages)
-        return (sum(per_point) * seeds + stage_images) * spec.sweep.num_samples
+    def trials(chosen: list[dict], seeds: int) -> float:
+        return sum(study.work(point_params(study, spec, p), n) for p in chosen) * seeds
 
-    first, last = images(looks[0]), images(looks[-1])
+    def stages(later: list[int]) -> float:  # each distinct stage task runs once
+        tasks = {t.key: t for t in plan_tasks(study, spec, "", points, first_seeds)}
+        tasks |= {t.key: t for t in plan_tasks(study, spec, "", deciding, later)} if later else {}
+        return sum(study.stage_work(t.stage, dict(t.config), n) for t in tasks.values())
+
+    at_first = trials(points, looks[0])
+    first = (at_first + stages([])) * spec.sweep.num_samples
+    last = (at_first + trials(deciding, len(later_seeds)) + stages(later_seeds)) * spec.sweep.num_samples
     per_hour = preset.seconds_per_image / 3600
     return first * per_hour, last * per_hour, last
-
-
-def _strip(point: dict) -> dict:
-    return {k: v for k, v in point.items() if k != "arm"}
 
 
 def _stated_train_images(spec: Spec, preset: Preset) -> int:
