@@ -18,7 +18,7 @@ MODELS = ("resnet44", "resnet56", "vgg16", "resnet50", "poolformer_s12")
 
 def build(name: str, classes: int) -> nn.Module:
     """The paper presets' models, as their studies build them."""
-    if name in ("resnet44",):
+    if name == "resnet44":
         from jobs.large_batch.resnet import ResNetCifar
 
         return ResNetCifar(depth=44, num_classes=classes)
