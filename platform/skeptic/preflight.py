@@ -165,16 +165,16 @@ def check_resources(spec: Spec, address: str | None) -> None:
         alive = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
         nodes = [(float(r.get("CPU", 0)), float(r.get("GPU", 0))) for r in alive]
         where = f"the cluster at {address}" if address else "the running Ray instance"
-        where = f"the largest node of {where}"
+        node = f"the largest node of {where}"
     else:
         import torch
 
         nodes = [(float(os.cpu_count() or 1), float(torch.cuda.device_count()))]
-        where = "this machine"
+        where = node = "this machine"
     r = spec.resources
-    _check_fit(r.cpu, r.gpu, nodes, where)
+    _check_fit(r.cpu, r.gpu, nodes, node)
     if r.workers > 1:
-        _check_workers(r.workers, r.cpu, r.gpu, nodes, where.removeprefix("the largest node of "))
+        _check_workers(r.workers, r.cpu, r.gpu, nodes, where)
 
 
 def _check_workers(
