@@ -64,9 +64,16 @@ class PredictRequest(BaseModel):
 
 
 class Label(BaseModel):
+    """One of the top-k labels. A classifier gives `probability`; a model that scores its
+    labels otherwise (a localiser's places) gives `score` and, per label, its own details
+    (e.g. `homography`): every extra output the model returns beside its scores."""
+
+    model_config = ConfigDict(extra="allow")
+
     label: str
     index: int
-    probability: float
+    probability: float | None = None
+    score: float | None = None
 
 
 class PredictResponse(BaseModel):
@@ -301,20 +308,40 @@ def _open_image(i: int, text: str, max_pixels: int | None) -> Image.Image:
 # --- response ---------------------------------------------------------------------------------
 
 
-def top_k(probs: np.ndarray, class_names: list[str], k: int) -> list[list[dict[str, Any]]]:
-    k = max(1, min(k, probs.shape[1]))
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+def top_k(
+    scores: np.ndarray,
+    class_names: list[str],
+    k: int,
+    extras: dict[str, np.ndarray] | None = None,
+    key: str = "probability",
+) -> list[list[dict[str, Any]]]:
+    """Per input row, the k best labels, best first, under `key`; each of `extras` (arrays
+    of shape (rows, labels, ...)) adds its entry for that label."""
+    extras = extras or {}
+    k = max(1, min(k, scores.shape[1]))
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return [
         [
             {
                 "label": class_names[j] if j < len(class_names) else str(j),
                 "index": int(j),
-                "probability": float(row[j]),
+                key: float(scores[i, j]),
+                **{name: values[i, j].tolist() for name, values in extras.items()},
             }
             for j in idx
         ]
-        for row, idx in zip(probs, order, strict=True)
+        for i, idx in enumerate(order)
     ]
+
+
+def split_outputs(output: Any) -> tuple[np.ndarray, dict[str, np.ndarray], str]:
+    """A model's answer for a batch as (scores, extras, the scores' name in the response):
+    class probabilities (an array), or a study's dict {"scores": ..., other: ...} whose
+    other arrays give each label's details (Study.predict)."""
+    if isinstance(output, dict):
+        extras = {k: np.asarray(v) for k, v in output.items() if k != "scores"}
+        return np.asarray(output["scores"]), extras, "score"
+    return np.asarray(output), {}, "probability"
 
 
 # --- API token ------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from serving.api import (
     RequestError,
     check_content_type,
     parse_body,
+    split_outputs,
     to_batch,
     token_digest,
     token_ok,
@@ -144,7 +145,8 @@ class ModelServer:
         self.metric = version_metric(cfg.get("tags") or {}, self._study_metric())
         self.device = self._place(cfg.get("num_gpus", 0))
         warm = np.zeros((1, *self.input_shape), dtype=self.input_dtype)
-        self.num_classes = int(self._forward(warm).shape[1])
+        scores, _, self.score_key = split_outputs(self.pyfunc.predict(warm))
+        self.num_classes = int(scores.shape[1])
         names = [str(c) for c in meta.get("class_names") or []]
         self.class_names = (
             names if len(names) == self.num_classes else [str(i) for i in range(self.num_classes)]
@@ -180,11 +182,13 @@ class ModelServer:
         study = getattr(self.pyfunc.unwrap_python_model(), "study", None)
         return getattr(study, "metric", None)
 
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self.pyfunc.predict(batch))
+    def _forward(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """The model's outputs by name, "scores" first (split_outputs)."""
+        scores, extras, _ = split_outputs(self.pyfunc.predict(batch))
+        return {"scores": scores, **extras}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)  # set per replica in __init__
-    async def _batched(self, batches: list[np.ndarray]) -> list[np.ndarray]:
+    async def _batched(self, batches: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         self._idle.clear()
         try:
             self.stats["batches"] += 1
@@ -192,8 +196,9 @@ class ModelServer:
             sizes = np.cumsum([len(b) for b in batches])[:-1]
             stacked = batches[0] if len(batches) == 1 else np.concatenate(batches)
             # In a thread: the event loop keeps taking requests meanwhile.
-            probs = await asyncio.to_thread(self._forward, stacked)
-            return np.split(probs, sizes)
+            outputs = await asyncio.to_thread(self._forward, stacked)
+            parts = {name: np.split(values, sizes) for name, values in outputs.items()}
+            return [{name: part[i] for name, part in parts.items()} for i in range(len(batches))]
         finally:
             self._idle.set()
 
@@ -216,7 +221,7 @@ class ModelServer:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._decode_pool, self._prepare, body)
 
-    async def infer(self, batch: np.ndarray) -> np.ndarray:
+    async def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         if not self.cfg["batching"]:
             return await asyncio.to_thread(self._forward, batch)
         # Serve closes the next batch batch_wait_timeout_s after its first request, even
@@ -357,13 +362,14 @@ def build_fastapi(server: ModelServer) -> FastAPI:
         check_content_type(request.headers.get("content-type"))
         body = await _read_limited(request, cfg["max_payload_bytes"])
         req, batch = await server.prepare(body)
-        probs = await server.infer(batch)
+        outputs = await server.infer(batch)
         k = req.k if "k" in req.model_fields_set else cfg["default_k"]
+        scores = outputs.pop("scores")
         return JSONResponse(
             {
                 "model": server.name,
                 "version": server.version,
-                "predictions": top_k(probs, server.class_names, k),
+                "predictions": top_k(scores, server.class_names, k, outputs, server.score_key),
             }
         )
 

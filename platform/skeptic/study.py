@@ -235,7 +235,10 @@ class Study(ABC):
         raise NotImplementedError
 
     def predict(self, model: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
-        """What the served model answers for a numpy batch: class probabilities by default."""
+        """What the served model answers for a numpy batch: class probabilities by default.
+        A model that scores its labels otherwise returns {"scores": (batch, labels), name:
+        (batch, labels, ...)}: the endpoint shows each top-k label's score and, for each
+        other name, that label's entry (a localiser's homography per place, say)."""
         import torch
 
         device = next(model.parameters()).device
