@@ -37,7 +37,7 @@ from skeptic.planning import check_before_start, sampled_dims, swept_names
 from skeptic.schema import ENDED, SWEEP, MlflowTag, Tag
 from skeptic.spec import Spec, count_trials, grid_points, load_spec, seed_looks, seed_values
 from skeptic.stages import run_task, tasks_for
-from skeptic.study import Study, Verdict, all_studies
+from skeptic.study import Study, TrialResult, Verdict, all_studies
 from skeptic.trial import TrialSetup, trial_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,8 +169,13 @@ def assert_dry_run_plans_the_trials(study: Study, smoke: bool, capsys: Any, cwd:
 
 def assert_model_gives_probabilities(study: Study, reports: list[FirstReport]) -> None:
     """Rebuilt as champion registration and the server rebuild it: from the JSON of the checkpointed
-    model_config, the weights loaded, in eval mode; one probability row per input."""
+    model_config, the weights loaded, in eval mode; one probability row per input (or, for a
+    model that scores its labels otherwise, one score row with each extra output per label).
+    Every trial that may become the champion checkpoints its model."""
     for report in reports:
+        trial = TrialResult("first", report.logged, [report.metrics], "completed")
+        if not study.champion_eligible(trial):
+            continue
         assert {"model", "model_config"} <= set(report.state), report.logged
         config = json.loads(json.dumps(report.state["model_config"], default=str))
         model = study.build_model(config)
@@ -180,13 +185,18 @@ def assert_model_gives_probabilities(study: Study, reports: list[FirstReport]) -
         rng = np.random.default_rng(0)
         batch = rng.random((5, *example.shape[1:])).astype(example.dtype)  # inputs in [0, 1)
         for x in (example, batch):
-            probs = np.asarray(study.predict(model, x))
-            assert probs.ndim == 2 and probs.shape[0] == len(x), (report.logged, probs.shape)
+            output = study.predict(model, x)
+            scores = np.asarray(output["scores"] if isinstance(output, dict) else output)
+            assert scores.ndim == 2 and scores.shape[0] == len(x), (report.logged, scores.shape)
             if report.classes is not None:
-                assert probs.shape[1] == len(report.classes), (report.logged, probs.shape)
-            assert np.isfinite(probs).all() and (probs >= 0).all(), report.logged
+                assert scores.shape[1] == len(report.classes), (report.logged, scores.shape)
+            assert np.isfinite(scores).all() and (scores >= 0).all(), report.logged
+            if isinstance(output, dict):  # per-label extras: (inputs, labels, ...)
+                for name, values in output.items():
+                    assert np.asarray(values).shape[:2] == scores.shape, (name, report.logged)
+                continue
             np.testing.assert_allclose(
-                probs.sum(axis=1), 1.0, atol=1e-4, err_msg=str(report.logged)
+                scores.sum(axis=1), 1.0, atol=1e-4, err_msg=str(report.logged)
             )
 
 
