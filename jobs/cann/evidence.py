@@ -164,7 +164,9 @@ def paper_rows(judged: list[Judged]) -> list[dict[str, Any]]:
 
     def agrees(name: str) -> str:
         d = by[name].decision if name in by else "undecided"
-        return {"b better": "yes", "non-inferior": "yes", "a better": "no"}.get(d, "undecided")
+        # non-inferior is level at best: the paper's "ahead" is not shown
+        words = {"b better": "yes", "non-inferior": "partly (level, not ahead)", "a better": "no"}
+        return words.get(d, "undecided")
 
     def ours(name: str) -> str:
         e = by[name].estimate if name in by else None
