@@ -76,11 +76,7 @@ class GlobalCnn(Searcher):
         return embed(self.net, images, self.device)
 
     def search(self, encoded: np.ndarray) -> np.ndarray:
-        n = self.index.ntotal
-        sims, idx = self.index.search(encoded, n)
-        scores = np.full((len(encoded), n), -np.inf, np.float32)
-        np.put_along_axis(scores, idx, sims, axis=1)
-        return scores
+        return retrieval.ip_scores(self.index, encoded)
 
 
 def local_params(config: Mapping[str, Any]) -> dict[str, Any]:

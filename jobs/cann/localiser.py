@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from jobs.cann import arms
-from jobs.cann.features import Features, extract
+from jobs.cann.features import Features, extract, stack
 from jobs.cann.localise import match_homography
 from jobs.cann.places import Places
 
@@ -29,19 +29,17 @@ VERIFY = 5  # places whose best image RANSAC verifies per query
 def checkpoint(p: Any, places: Places, db_feats: list[Features]) -> dict[str, Any]:
     """A trial's state for the registry: the localiser's tensors and its builder config."""
     db = places.database
-    counts = [len(f) for f in db_feats]
-    dim = next((f.desc.shape[1] for f in db_feats if len(f)), 128)
+    desc, image = stack(db_feats)
     model = {
-        "desc": torch.from_numpy(np.concatenate([f.desc.reshape(-1, dim) for f in db_feats])),
+        "desc": torch.from_numpy(desc).to(torch.float16),  # SIFT's entries are integers < 256
         "xy": torch.from_numpy(np.concatenate([f.xy.reshape(-1, 2) for f in db_feats])),
-        "image": torch.from_numpy(np.repeat(np.arange(len(db_feats)), counts)),
+        "image": torch.from_numpy(image),
         "place": torch.from_numpy(db.place.astype(np.int64)),
         "pose": torch.from_numpy(db.pose.astype(np.float64)),
     }
-    model["desc"] = model["desc"].to(torch.float16)  # SIFT's entries are integers < 256
     fields = ("method", "extractor", "num_features", "radius_scale", "size", "knn")
     config = {k: getattr(p, k) for k in fields} | {
-        "features": int(sum(counts)), "dim": dim, "images": len(db_feats),
+        "features": len(desc), "dim": desc.shape[1], "images": len(db_feats),
         "class_names": list(places.names),
     }  # fmt: skip
     return {"model": model, "model_config": config}
@@ -63,8 +61,10 @@ class Localiser(nn.Module):
     def _database(self) -> list[Features]:
         if self._db is None:
             desc, xy = self.desc.float().cpu().numpy(), self.xy.cpu().numpy()
-            image = self.image.cpu().numpy()
-            self._db = [Features(xy[image == j], desc[image == j]) for j in range(len(self.place))]
+            # rows are grouped by image, in image order (features.stack)
+            ends = np.cumsum(np.bincount(self.image.cpu().numpy(), minlength=len(self.place)))
+            self._db = [Features(x, d) for x, d in zip(np.split(xy, ends[:-1]),
+                                                       np.split(desc, ends[:-1]), strict=True)]  # fmt: skip
             params = arms.local_params(self.config)
             self._searcher = arms.build_local(params, self._db)
         return self._db

@@ -384,7 +384,7 @@ def _l2(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def _ip_scores(index: faiss.Index, queries: np.ndarray) -> np.ndarray:
+def ip_scores(index: faiss.Index, queries: np.ndarray) -> np.ndarray:
     """(n_queries, n_database) inner products, through a full faiss IndexFlatIP search."""
     n = index.ntotal
     out = np.zeros((len(queries), n), np.float32)
@@ -433,7 +433,7 @@ class Vlad:
         return self.scores_many([q])[0]
 
     def scores_many(self, qs: list[Features]) -> np.ndarray:
-        return _ip_scores(self.index, self.encode(qs))
+        return ip_scores(self.index, self.encode(qs))
 
 
 class HogGlobal:
@@ -470,4 +470,4 @@ class HogGlobal:
         return self.scores_many(image[None])[0]
 
     def scores_many(self, query_images: np.ndarray) -> np.ndarray:
-        return _ip_scores(self.index, self.describe(query_images))
+        return ip_scores(self.index, self.describe(query_images))

@@ -153,7 +153,6 @@ class CannStudy(Study):
     )
     defaults: ClassVar[dict] = {
         "resources": {"cpu": 1},
-        "train": {"num_features": 1000},
         "sweep": {
             "space": {
                 "difficulty": {"grid": ["easy", "hard"]},
