@@ -180,3 +180,16 @@ def test_reported_comparisons_are_a_holm_family_of_their_own():
     alone = judge([deciding], _results(A, B), "test_acc")[0]
     both = judge([deciding, reported], _results(A, B), "test_acc")
     assert both[0].p_adjusted == pytest.approx(alone.p_adjusted)  # not doubled by `again`
+
+
+def test_a_comparison_against_zero_is_scipys_one_sample_t_test():
+    slopes = [0.021, 0.034, 0.012, 0.027, 0.030]
+    results = _results(A, slopes, metric="slope")
+    [j] = judge([Compare("slope", None, {"arm": "B"}, metric="slope")], results, "test_acc")
+    ref = sps.ttest_1samp(slopes, 0.0)
+    ci = ref.confidence_interval(0.95)
+    assert j.estimate.n_b == 5 and j.estimate.diff == pytest.approx(np.mean(slopes))
+    assert (j.estimate.ci_low, j.estimate.ci_high) == pytest.approx((ci.low, ci.high))
+    assert j.p == pytest.approx(ref.pvalue) and j.decision == Decision.B_BETTER
+    # arm A's trials (with no slope) belong to neither side
+    assert Compare("s", None, {"arm": "B"}).side({"arm": "A"}) is None

@@ -12,13 +12,14 @@ from skeptic.data import DataError, DataPlan
 from skeptic.schema import Outcome
 from skeptic.spec import Spec, SpecError, grid_points, sweep_params
 from skeptic.stats import Compare, Decision, Judged, Question, summarize
-from skeptic.study import Evidence, Preset, Stage, Study, TrialResult, register_study
+from skeptic.study import Endpoint, Evidence, Preset, Stage, Study, TrialResult, register_study
 
 __all__ = [
     "Compare",
     "DataError",
     "DataPlan",
     "Decision",
+    "Endpoint",
     "Evidence",
     "Judged",
     "OneProcess",

@@ -80,6 +80,8 @@ def check_comparisons(study: Study, spec: Spec) -> None:
     points = [point_values(study, spec, p) for p in grid_points(spec)]
     for c in compares:
         for side, where in (("a", c.a), ("b", c.b)):
+            if where is None:
+                continue
             n = sum(c.side(values) == side for values in points)
             if n > 1:
                 raise SpecError(
@@ -248,7 +250,7 @@ def _comparison_lines(study: Study, spec: Spec, looks: tuple[int, ...]) -> list[
     for c in compares:
         margin = f" +-{c.margin:g}" if c.margin else ""
         role = "" if c.deciding else " (reported)"
-        lines.append(f"  {c.name}: {dict(c.a)} vs {dict(c.b)}, {c.question}{margin}{role}")
+        lines.append(f"  {c.name}: {dict(c.a) if c.a is not None else 0} vs {dict(c.b)}, {c.question}{margin}{role}")
     if len(looks) > 1:
         levels = ", ".join(f"{n}: {a:.3g}" for n, a in zip(looks, look_levels(looks)))
         deciding = points_of(study, spec, [c for c in compares if c.deciding])

@@ -58,6 +58,8 @@ def comparison_rows(judged: list[Judged], metric: str) -> list[dict[str, Any]]:
 
 
 def _where(selector: Any) -> str:
+    if selector is None:
+        return "0 (one-sample)"
     return ", ".join(f"{k}={v}" for k, v in selector.items())
 
 

@@ -56,10 +56,12 @@ class Compare:
     """One deciding comparison: the trials of arm `a` and arm `b` (the parameter values they
     have, e.g. {"arm": "SB", "batch_size": 64}), the question, and the margin in the
     metric's units with the reason for it. `metric` defaults to the study's report metric;
-    `higher_is_better` says which direction "better" is."""
+    `higher_is_better` says which direction "better" is. `a=None` tests arm b's values
+    against zero (a one-sample t test, for a metric that is itself a contrast within each
+    trial: a slope, say): "b - a" is then b's mean."""
 
     name: str  # short, unique within the study: it names MLflow metrics (cmp.<name>.diff)
-    a: Mapping[str, Any]
+    a: Mapping[str, Any] | None
     b: Mapping[str, Any]
     question: Question = Question.SUPERIORITY
     margin: float = 0.0
@@ -80,7 +82,7 @@ class Compare:
     def side(self, params: Mapping[str, Any]) -> str | None:
         """"a", "b" or None: which arm a trial with these parameters belongs to."""
         for side, where in (("a", self.a), ("b", self.b)):
-            if all(_same(params.get(k), v) for k, v in where.items()):
+            if where is not None and all(_same(params.get(k), v) for k, v in where.items()):
                 return side
         return None
 
@@ -160,6 +162,8 @@ def arm_values(
                 f"{compare.paired_by}={key!r}; narrow its selector"
             )
         arms[side][key] = float(r.final[metric])
+    if compare.a is None:  # against zero: b paired with a zero for each of its seeds
+        return dict.fromkeys(arms["b"], 0.0), arms["b"]
     return arms["a"], arms["b"]
 
 

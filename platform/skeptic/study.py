@@ -95,6 +95,22 @@ class Preset:
     train_images: int  # training images per epoch of the full dataset, if data.path is unread
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """A route the served model answers (POST /<path>), declared by its study: the request
+    and response schemas (pydantic models, so the app validates every request against them
+    and documents them in /openapi.json) and the Study method that answers:
+    `handler(model, request) -> response` (a `response` instance or a dict of its fields).
+    A study with no endpoints is served as a labeller: POST /predict takes tensors or
+    images and answers the top-k labels of `Study.predict`."""
+
+    path: str  # one URL segment: "predict", "embed"
+    request: type[BaseModel]
+    response: type[BaseModel]
+    handler: str  # the name of a Study method
+    summary: str = ""  # one line for /docs
+
+
 @dataclass
 class Verdict:
     """What a study concluded. `held` is True/False, or None when the run cannot decide;
@@ -245,6 +261,10 @@ class Study(ABC):
         with torch.no_grad():
             x = torch.as_tensor(batch, dtype=torch.float32, device=device)
             return torch.softmax(model(x), dim=-1).cpu().numpy()
+
+    # The served routes: () serves a labeller (POST /predict: tensors or images -> top-k
+    # labels); a study whose model takes other inputs (text, say) declares its own.
+    endpoints: ClassVar[tuple[Endpoint, ...]] = ()
 
     def model_metadata(self, config: dict[str, Any]) -> dict[str, Any]:
         """Extra facts stored with the registered model (class names, input shape, ...)."""
