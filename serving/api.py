@@ -11,7 +11,7 @@ import hmac
 import io
 import json
 import re
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -22,6 +22,8 @@ DEFAULT_K = 3
 IMAGE_FORMATS = frozenset({"PNG", "JPEG", "MPO", "BMP"})
 # A request needs 2 + the input's rank; the JSON parser recurses ~1000 levels before failing.
 MAX_JSON_DEPTH = 32
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class RequestError(Exception):
@@ -125,8 +127,9 @@ def json_depth(body: bytes) -> int:
     return int(np.cumsum(steps, dtype=np.int64).max(initial=0))
 
 
-def parse_body(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> PredictRequest:
-    """JSON bytes -> PredictRequest, or 400 (malformed JSON) / 422 (too deep, wrong fields)."""
+def parse_json_object(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
+    """JSON bytes -> a dict, or 400 (malformed JSON) / 422 (too deep, not an object): the
+    checks every POST route makes before its own schema sees the body."""
     # Fewer brackets than the limit cannot nest deeper: image bodies skip the scan.
     if body.count(b"[") + body.count(b"{") > max_depth:
         depth = json_depth(body)
@@ -144,13 +147,28 @@ def parse_body(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> PredictRequest:
         raise RequestError(
             422, "invalid_request", f"request body must be a JSON object, got {type(obj).__name__}"
         )
+    return obj
+
+
+def validation_detail(err: ValidationError, most: int = 5) -> str:
+    """A pydantic error as one line naming each field by its path, e.g.
+    "texts.2: Input should be a valid string; k: Field required" (the first `most`)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors()[:most]
+    )
+
+
+def validate_request(schema: type[M], obj: dict[str, Any]) -> M:
+    """`obj` as an instance of `schema`, or 422 invalid_request naming the fields."""
     try:
-        request = PredictRequest.model_validate(obj)
+        return schema.model_validate(obj)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors()[:5]
-        )
-        raise RequestError(422, "invalid_request", problems) from None
+        raise RequestError(422, "invalid_request", validation_detail(err)) from None
+
+
+def parse_body(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> PredictRequest:
+    """JSON bytes -> PredictRequest, or 400 (malformed JSON) / 422 (too deep, wrong fields)."""
+    request = validate_request(PredictRequest, parse_json_object(body, max_depth))
     given = [f for f in ("inputs", "images") if getattr(request, f) is not None]
     if not given:
         raise RequestError(

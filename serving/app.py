@@ -15,7 +15,10 @@ loader from code + safetensors (the only format it accepts: nothing is unpickled
 every request against the model's signature, and batches requests with `@serve.batch`.
 
 Routes (under the app's route prefix): POST /predict, GET /healthz, GET /metadata,
-GET /docs, GET /openapi.json. See "Serving models" in README.md.
+GET /docs, GET /openapi.json. A study that declares its own endpoints (`Study.endpoints`:
+a text model, say) gets POST /<path> for each of them instead of /predict, with the same
+guards, its own request/response schemas, and its handler run on one worker thread.
+See "Serving models" in README.md.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,7 +39,14 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -47,11 +59,14 @@ from serving.api import (
     RequestError,
     check_content_type,
     parse_body,
+    parse_json_object,
     split_outputs,
     to_batch,
     token_digest,
     token_ok,
     top_k,
+    validate_request,
+    validation_detail,
 )
 from serving.model_ref import (
     LEGACY_METRIC,
@@ -69,6 +84,76 @@ logger = logging.getLogger("ray.serve")
 
 TOKEN_ENV = "SKEPTIC_API_TOKEN"
 DEPLOYMENT = "ModelServer"
+# A declared endpoint is one URL segment that does not hide a route every app has.
+_ENDPOINT_PATH = re.compile(r"^[A-Za-z0-9_-]+$")
+RESERVED_PATHS = frozenset({"healthz", "metadata", "docs", "openapi.json"})
+PREDICT_SUMMARY = "top-k labels for a batch of inputs or images"
+
+
+@dataclass(frozen=True)
+class Route:
+    """A study-declared endpoint as a replica serves it: `answer` is the documented
+    response, the study's response plus the `model` and `version` that answered."""
+
+    path: str
+    summary: str
+    request: type[BaseModel]
+    response: type[BaseModel]
+    answer: type[BaseModel]
+    handler: str
+
+
+def study_routes(study: Any) -> tuple[Route, ...]:
+    """The routes `study.endpoints` declares, checked (a ValueError or TypeError naming the
+    problem: the replica then fails to start, and the deploy says why); () for a labeller."""
+    endpoints = tuple(getattr(study, "endpoints", ()) or ())
+    name = getattr(study, "name", type(study).__name__)
+    routes: list[Route] = []
+    for endpoint in endpoints:
+        where = f"study {name!r}, endpoint {getattr(endpoint, 'path', endpoint)!r}"
+        if not _ENDPOINT_PATH.match(str(endpoint.path)) or endpoint.path in RESERVED_PATHS:
+            raise ValueError(
+                f"{where}: the path must be one URL segment of letters, digits, '_' or '-', "
+                f"and none of {', '.join(sorted(RESERVED_PATHS))}"
+            )
+        if any(r.path == endpoint.path for r in routes):
+            raise ValueError(f"{where}: declared twice")
+        for role in ("request", "response"):
+            schema = getattr(endpoint, role)
+            if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
+                raise TypeError(f"{where}: {role} must be a pydantic model class")
+        if not callable(getattr(study, endpoint.handler, None)):
+            raise TypeError(f"{where}: the study has no method {endpoint.handler!r}")
+        answer = create_model(
+            endpoint.response.__name__,
+            __base__=endpoint.response,
+            __doc__=endpoint.response.__doc__,
+            model=(str, Field(description="registered model name")),
+            version=(str, Field(description="the registered model version that answered")),
+        )
+        routes.append(
+            Route(
+                path=endpoint.path,
+                summary=endpoint.summary,
+                request=endpoint.request,
+                response=endpoint.response,
+                answer=answer,
+                handler=endpoint.handler,
+            )
+        )
+    return tuple(routes)
+
+
+def _plain(value: Any) -> Any:
+    """numpy arrays and scalars (what a model hands back) as JSON-able Python values, so a
+    handler may return {"vectors": array}; anything else as it is."""
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 class ServeArgs(BaseModel):
@@ -137,25 +222,39 @@ class ModelServer:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning)
             self.pyfunc = mlflow.pyfunc.load_model(model_uri)
+        unwrapped = self.pyfunc.unwrap_python_model()
+        self.study, self.model = unwrapped.study, unwrapped.model
+        self.routes = study_routes(self.study)
         spec = self.pyfunc.metadata.get_input_schema().inputs[0]
+        # A labeller's signature is (-1, C, H, W) float32; a text model's (-1,) object.
         self.input_shape = tuple(int(d) for d in spec.shape[1:])
         self.input_dtype = str(spec.type)
         meta = dict(self.pyfunc.metadata.metadata or {})
         self.meta = meta
         self.metric = version_metric(cfg.get("tags") or {}, self._study_metric())
         self.device = self._place(cfg.get("num_gpus", 0))
-        warm = np.zeros((1, *self.input_shape), dtype=self.input_dtype)
-        scores, _, self.score_key = split_outputs(self.pyfunc.predict(warm))
-        self.num_classes = int(scores.shape[1])
-        names = [str(c) for c in meta.get("class_names") or []]
-        self.class_names = (
-            names if len(names) == self.num_classes else [str(i) for i in range(self.num_classes)]
-        )
+        if self.routes:
+            self.num_classes, self.class_names, self.score_key = 0, [], "score"
+            self._warm_up()
+        else:
+            warm = np.zeros((1, *self.input_shape), dtype=self.input_dtype)
+            scores, _, self.score_key = split_outputs(self.pyfunc.predict(warm))
+            self.num_classes = int(scores.shape[1])
+            names = [str(c) for c in meta.get("class_names") or []]
+            self.class_names = (
+                names
+                if len(names) == self.num_classes
+                else [str(i) for i in range(self.num_classes)]
+            )
         self.stats = {"batches": 0, "requests": 0}
         # Own threads for parsing and decoding, so forward passes (asyncio.to_thread, the
         # default pool) never queue behind them. A few, since Pillow decodes without the
         # GIL; not one per ongoing request, which would hold that many decoded images.
         self._decode_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="decode")
+        # Study handlers run here, one at a time: a forward pass already uses every core,
+        # so two at once would only make both slower (and need a thread-safe model).
+        self._handler_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="handler")
+        self.endpoint_schemas = self._endpoint_schemas()
         self._idle = asyncio.Event()
         self._idle.set()
         self._batched.set_max_batch_size(cfg["max_batch_size"])
@@ -175,6 +274,67 @@ class ModelServer:
             raise RuntimeError("ray_actor_options asks for a GPU but torch sees no CUDA device")
         self.pyfunc.unwrap_python_model().model.to("cuda")
         return "cuda"
+
+    def _warm_up(self) -> None:
+        """One forward pass before the first request (lazy initialisation, allocation), for
+        a study with its own endpoints: an example of the signature's dtype (strings for a
+        text model). Its handlers need not call `predict`, so a failure is logged, not fatal."""
+        try:
+            kind = np.dtype(self.input_dtype).kind
+            shape = (1, *(max(d, 1) for d in self.input_shape))  # -1: a variable dimension
+            if kind in "OUS":  # text: object arrays of str, or numpy's own str dtype
+                example = np.full(shape, "warm-up", dtype=object)
+                example = example if kind == "O" else example.astype(str)
+            else:
+                example = np.zeros(shape, dtype=self.input_dtype)
+            self.pyfunc.predict(example)
+        except Exception as err:  # noqa: BLE001  (any failure: the model still serves)
+            logger.warning("warm-up of %s failed (%s): serving without it", self.name, err)
+
+    def _endpoint_schemas(self) -> dict[str, dict[str, Any]]:
+        """/metadata's "endpoints": each POST route with its request and response schemas."""
+        if not self.routes:
+            return {
+                "predict": {
+                    "summary": PREDICT_SUMMARY,
+                    "request": PredictRequest.model_json_schema(),
+                    "response": PredictResponse.model_json_schema(),
+                }
+            }
+        return {
+            r.path: {
+                "summary": r.summary,
+                "request": r.request.model_json_schema(),
+                "response": r.answer.model_json_schema(),
+            }
+            for r in self.routes
+        }
+
+    def _parse(self, route: Route, body: bytes) -> BaseModel:
+        obj = parse_json_object(body, max_depth=self.cfg["max_json_depth"])
+        return validate_request(route.request, obj)
+
+    async def parse(self, route: Route, body: bytes) -> BaseModel:
+        """The body as the route's request, or RequestError; off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._decode_pool, self._parse, route, body)
+
+    def _handle(self, route: Route, request: BaseModel) -> dict[str, Any]:
+        result = getattr(self.study, route.handler)(self.model, request)
+        try:
+            answer = route.response.model_validate(_plain(result))
+        except ValidationError as err:  # the study's bug, not the client's: a 500, logged
+            raise RuntimeError(
+                f"{type(self.study).__name__}.{route.handler} returned no valid "
+                f"{route.response.__name__}: {validation_detail(err)}"
+            ) from None
+        self.stats["requests"] += 1
+        return {**answer.model_dump(mode="json"), "model": self.name, "version": self.version}
+
+    async def handle(self, route: Route, request: BaseModel) -> dict[str, Any]:
+        """The study's answer to `request` as a JSON-able dict, computed on the handler thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._handler_pool, self._handle, route, request)
 
     def _study_metric(self) -> str | None:
         """The served study's own metric (the loaded model rebuilt it with the study):
@@ -237,7 +397,7 @@ class ModelServer:
 
     def metadata(self) -> dict[str, Any]:
         tags = self.cfg.get("tags") or {}
-        return {
+        meta = {
             "name": self.name,
             "version": self.version,
             "model_ref": self.cfg["ref"],
@@ -249,26 +409,41 @@ class ModelServer:
             "metric": dict(self.metric),
             # Kept for clients of the field that predates "metric": only a val_acc metric.
             "val_acc": self.metric["value"] if self.metric["name"] == LEGACY_METRIC else None,
-            "input_shape": list(self.input_shape),
-            "input_dtype": self.input_dtype,
-            "class_names": self.class_names,
             "params": self.meta.get("params"),
             "device": self.device,
-            "batching": {
-                "enabled": self.cfg["batching"],
-                "max_batch_size": self.cfg["max_batch_size"],
-                "batch_wait_timeout_s": self.cfg["batch_wait_timeout_s"],
-                "batches_run": self.stats["batches"],
-                "requests_batched": self.stats["requests"],
-            },
-            "limits": {
-                "max_payload_bytes": self.cfg["max_payload_bytes"],
-                "max_batch_items": self.cfg["max_batch_items"],
-                "max_image_pixels": self.cfg["max_image_pixels"],
-                "max_decoded_pixels": self.cfg["max_decoded_pixels"],
-                "max_json_depth": self.cfg["max_json_depth"],
-            },
+            "endpoints": self.endpoint_schemas,
         }
+        if self.routes:
+            # The study's schemas bound each request; the labeller's batching and image
+            # limits do not apply (one request per handler call).
+            meta["batching"] = {"enabled": False, "requests_handled": self.stats["requests"]}
+            meta["limits"] = {
+                "max_payload_bytes": self.cfg["max_payload_bytes"],
+                "max_json_depth": self.cfg["max_json_depth"],
+            }
+            return meta
+        meta.update(
+            {
+                "input_shape": list(self.input_shape),
+                "input_dtype": self.input_dtype,
+                "class_names": self.class_names,
+                "batching": {
+                    "enabled": self.cfg["batching"],
+                    "max_batch_size": self.cfg["max_batch_size"],
+                    "batch_wait_timeout_s": self.cfg["batch_wait_timeout_s"],
+                    "batches_run": self.stats["batches"],
+                    "requests_batched": self.stats["requests"],
+                },
+                "limits": {
+                    "max_payload_bytes": self.cfg["max_payload_bytes"],
+                    "max_batch_items": self.cfg["max_batch_items"],
+                    "max_image_pixels": self.cfg["max_image_pixels"],
+                    "max_decoded_pixels": self.cfg["max_decoded_pixels"],
+                    "max_json_depth": self.cfg["max_json_depth"],
+                },
+            }
+        )
+        return meta
 
     def __serve_build_asgi_app__(self) -> FastAPI:  # Serve calls it after __init__
         return build_fastapi(self)
@@ -308,8 +483,8 @@ def build_fastapi(server: ModelServer) -> FastAPI:
         version=str(server.version),
         description=(
             f"Serves the registered model `{server.name}` version {server.version} "
-            f"(asked for as `{cfg['ref']}`). Input: float32 arrays of shape "
-            f"N x {' x '.join(map(str, server.input_shape))}, or base64 images."
+            f"(asked for as `{cfg['ref']}`). "
+            + _inputs_text(server)
             + (
                 "\n\nEvery request needs `Authorization: Bearer <token>`."
                 if errors.get(401)
@@ -346,32 +521,13 @@ def build_fastapi(server: ModelServer) -> FastAPI:
     if digest:
         app.add_middleware(TokenAuth, digest=digest)
 
-    @app.post(
-        "/predict",
-        response_model=PredictResponse,
-        responses=errors,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
-            }
-        },
-        summary="top-k labels for a batch of inputs or images",
-    )
-    async def predict(request: Request) -> JSONResponse:
-        check_content_type(request.headers.get("content-type"))
-        body = await _read_limited(request, cfg["max_payload_bytes"])
-        req, batch = await server.prepare(body)
-        outputs = await server.infer(batch)
-        k = req.k if "k" in req.model_fields_set else cfg["default_k"]
-        scores = outputs.pop("scores")
-        return JSONResponse(
-            {
-                "model": server.name,
-                "version": server.version,
-                "predictions": top_k(scores, server.class_names, k, outputs, server.score_key),
-            }
-        )
+    if server.routes:
+        extra_schemas: dict[str, Any] = {}
+        for route in server.routes:
+            _add_study_route(app, server, route, errors, extra_schemas)
+        _document_schemas(app, extra_schemas)
+    else:
+        _add_predict_route(app, server, errors)
 
     @app.get("/healthz", summary="200 when the model is loaded", responses=errors)
     async def healthz() -> dict[str, str]:
@@ -391,6 +547,104 @@ def build_fastapi(server: ModelServer) -> FastAPI:
         return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title=app.title)
 
     return app
+
+
+def _inputs_text(server: ModelServer) -> str:
+    """What the app takes, for /docs."""
+    if server.routes:
+        paths = ", ".join(f"`POST /{r.path}`" for r in server.routes)
+        study = getattr(server.study, "name", "?")
+        return f"Routes declared by the study `{study}`: {paths} (schemas below)."
+    return (
+        "Input: float32 arrays of shape "
+        f"N x {' x '.join(map(str, server.input_shape))}, or base64 images."
+    )
+
+
+def _add_predict_route(app: FastAPI, server: ModelServer, errors: dict[int, Any]) -> None:
+    """The labeller's POST /predict: tensors or images -> top-k labels, batched."""
+    cfg = server.cfg
+
+    @app.post(
+        "/predict",
+        response_model=PredictResponse,
+        responses=errors,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+            }
+        },
+        summary=PREDICT_SUMMARY,
+    )
+    async def predict(request: Request) -> JSONResponse:
+        check_content_type(request.headers.get("content-type"))
+        body = await _read_limited(request, cfg["max_payload_bytes"])
+        req, batch = await server.prepare(body)
+        outputs = await server.infer(batch)
+        k = req.k if "k" in req.model_fields_set else cfg["default_k"]
+        scores = outputs.pop("scores")
+        return JSONResponse(
+            {
+                "model": server.name,
+                "version": server.version,
+                "predictions": top_k(scores, server.class_names, k, outputs, server.score_key),
+            }
+        )
+
+
+def _add_study_route(
+    app: FastAPI,
+    server: ModelServer,
+    route: Route,
+    errors: dict[int, Any],
+    extra_schemas: dict[str, Any],
+) -> None:
+    """POST /<route.path>: the /predict guards (media type, size, depth, a JSON object),
+    then the study's request schema, its handler on the replica's handler thread, and its
+    response schema plus `model` and `version`."""
+    cfg = server.cfg
+
+    async def answer(request: Request) -> JSONResponse:
+        check_content_type(request.headers.get("content-type"))
+        body = await _read_limited(request, cfg["max_payload_bytes"])
+        parsed = await server.parse(route, body)
+        return JSONResponse(await server.handle(route, parsed))
+
+    # The body is read by hand (so the guards run first); its schema is documented here,
+    # with nested models' definitions moved to the OpenAPI components.
+    schema = route.request.model_json_schema(ref_template="#/components/schemas/{model}")
+    extra_schemas.update(schema.pop("$defs", {}))
+    app.add_api_route(
+        f"/{route.path}",
+        answer,
+        methods=["POST"],
+        name=route.path,
+        response_model=route.answer,
+        responses=errors,
+        summary=route.summary or f"POST /{route.path}",
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}
+        },
+    )
+
+
+def _document_schemas(app: FastAPI, schemas: dict[str, Any]) -> None:
+    """Add `schemas` (request models' nested definitions) to the app's OpenAPI components."""
+    if not schemas:
+        return
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        fresh = app.openapi_schema is None
+        spec = generate()
+        if fresh:
+            components = spec.setdefault("components", {}).setdefault("schemas", {})
+            for name, schema in schemas.items():
+                components.setdefault(name, schema)
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class TokenAuth:

@@ -10,6 +10,7 @@ pyproject.toml), so the core never imports `serving`.
     skeptic serve --list
     skeptic serve --shutdown large_batch          # or: --shutdown all (also stops our Ray head)
     skeptic query large_batch cat.png --k 3
+    skeptic query text_model --route embed --json '{"texts": ["hello"]}'
 
 Nothing here imports ray at module level: the Ray client environment (loopback, token
 authentication) has to be decided before `import ray`.
@@ -21,6 +22,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -31,6 +33,9 @@ from skeptic.spec import SpecError
 
 TOKEN_ENV = "SKEPTIC_API_TOKEN"
 DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_ROUTE = "predict"  # the labeller's; a study may declare others (Study.endpoints)
+# A route is one URL segment: "../metadata" or "a/b" would reach another route or app.
+_ROUTE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -121,16 +126,32 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     q = sub.add_parser(
         "query",
-        help="ask a served model for the top-k labels of images or tensors",
-        description="POST to <url>/<name>/predict and print the JSON answer.",
+        help="ask a served model for the top-k labels of images or tensors, or call a route "
+        "its study declares (--route)",
+        description=(
+            "POST to <url>/<name>/<route> (default route: predict, the top-k labels of IMAGE "
+            "files or --json tensors) and print the JSON answer. A study that declares its "
+            "own endpoints (a text model, say) is asked with --route and --json, e.g. "
+            'skeptic query beliefs --route embed --json \'{"statements": ["..."]}\'; '
+            "GET <url>/<name>/metadata lists a served model's routes and their schemas."
+        ),
     )
     q.add_argument("name", help="served app name (its route prefix), e.g. large_batch")
-    q.add_argument("images", nargs="*", metavar="IMAGE", help="image files (PNG, JPEG, BMP)")
+    q.add_argument(
+        "images", nargs="*", metavar="IMAGE", help="image files (PNG, JPEG, BMP; --route predict)"
+    )
     q.add_argument(
         "--json", metavar="JSON|@FILE",
         help='raw request body, e.g. \'{"inputs": [[[...]]]}\' or @request.json',
     )  # fmt: skip
-    q.add_argument("--k", type=int, help="labels per item (default: the server's, 3)")
+    q.add_argument(
+        "--route", default=DEFAULT_ROUTE, metavar="NAME",
+        help=f"the route to POST to: one URL segment, e.g. embed (default {DEFAULT_ROUTE}); "
+        "see the model's /metadata \"endpoints\"",
+    )  # fmt: skip
+    q.add_argument(
+        "--k", type=int, help="labels per item (default: the server's, 3; --route predict)"
+    )
     q.add_argument("--url", default=DEFAULT_URL, help=f"server base URL (default {DEFAULT_URL})")
     q.add_argument("--token", help=f"API token (default: ${TOKEN_ENV})")
     q.add_argument(
@@ -349,12 +370,33 @@ def _serve_model(args: argparse.Namespace) -> int:
     base = f"{http_base(host, port)}/{name}"
     health = wait_healthy(base, token, timeout_s=args.timeout)
     print(f"Serving models:/{resolved.name}/{health.get('version')} at {base}")
-    print(f"  POST {base}/predict   GET {base}/metadata   GET {base}/healthz   docs: {base}/docs")
-    print(f"  try: skeptic query {name} IMAGE.png --url {http_base(host, port)}")
+    routes = _served_routes(base, token)
+    posts = "   ".join(f"POST {base}/{route}" for route in routes)
+    print(f"  {posts}   GET {base}/metadata   GET {base}/healthz   docs: {base}/docs")
+    if routes == [DEFAULT_ROUTE]:
+        print(f"  try: skeptic query {name} IMAGE.png --url {http_base(host, port)}")
+    else:
+        print(
+            f"  try: skeptic query {name} --route {routes[0]} --json '{{...}}' "
+            f"--url {http_base(host, port)}   (request schemas: {base}/metadata)"
+        )
     if token:
         print("  every request needs: Authorization: Bearer <token>")
     print(f"  stop: skeptic serve --shutdown {name}   (or --shutdown all)")
     return 0
+
+
+def _served_routes(base: str, token: str | None) -> list[str]:
+    """The POST routes the app answers (its /metadata "endpoints"): the labeller's
+    /predict, or those its study declares."""
+    from serving.control import get
+
+    try:
+        status, body = get(f"{base}/metadata", token, timeout=10)
+    except (OSError, ValueError):
+        return [DEFAULT_ROUTE]
+    endpoints = body.get("endpoints") if status == 200 and isinstance(body, dict) else None
+    return list(endpoints) if isinstance(endpoints, dict) and endpoints else [DEFAULT_ROUTE]
 
 
 def _serve_config(args: argparse.Namespace) -> int:
@@ -521,6 +563,28 @@ def _serve_shutdown(args: argparse.Namespace) -> int:
 # --- skeptic query -------------------------------------------------------------------------------
 
 
+def _check_route(args: argparse.Namespace) -> str:
+    route = args.route
+    if not _ROUTE.match(route or ""):
+        raise SpecError(
+            f"--route {route!r}: give one route name of letters, digits, '_' or '-' "
+            f"(e.g. {DEFAULT_ROUTE}, embed)"
+        )
+    if route != DEFAULT_ROUTE:
+        # IMAGE files and --k build the labeller's request; another route has its own schema.
+        if args.images:
+            raise SpecError(
+                f"IMAGE files go to --route {DEFAULT_ROUTE}; for --route {route} give --json"
+            )
+        if args.k is not None:
+            raise SpecError(
+                f"--k is for --route {DEFAULT_ROUTE}; put what --route {route} takes in --json"
+            )
+        if not args.json:
+            raise SpecError(f"--route {route}: give the request body with --json JSON|@FILE")
+    return route
+
+
 def _query_body(args: argparse.Namespace) -> bytes:
     if args.images and args.json:
         raise SpecError("give IMAGE files or --json, not both")
@@ -555,8 +619,9 @@ def _query_body(args: argparse.Namespace) -> bytes:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
+    route = _check_route(args)
     body = _query_body(args)
-    url = f"{args.url.rstrip('/')}/{args.name.strip('/')}/predict"
+    url = f"{args.url.rstrip('/')}/{args.name.strip('/')}/{route}"
     headers = {"Content-Type": "application/json"}
     token = _token(args)
     if token:
