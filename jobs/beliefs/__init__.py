@@ -1,0 +1,1 @@
+"""Study beliefs: Lee et al., "Neural embedding of beliefs", re-run on simulated debate votes."""
