@@ -156,7 +156,7 @@ class Resources(_Strict):
 
 class Data(_Strict):
     # skeptic.data.DATASET_NAMES
-    name: Literal["shapes", "digits", "imagefolder", "cifar10", "cifar100"] = "shapes"
+    name: Literal["shapes", "digits", "imagefolder", "cifar10", "cifar100", "table"] = "shapes"
     size: int = Field(2000, ge=10)
     val_fraction: float = Field(0.2, gt=0, lt=1)  # for every choice (lr, epoch, champion)
     test_fraction: float = Field(0.2, ge=0, lt=1)  # for the numbers the verdict reports

@@ -31,7 +31,8 @@ from skeptic.data.shapes import (
 )
 from skeptic.data.splits import capped, hold_out_test, stratified_split, val_count
 
-DATASET_NAMES = ("shapes", "digits", "imagefolder", "cifar10", "cifar100")
+# "table": a .parquet / .csv file at data.path that the study reads itself (its prepare_data)
+DATASET_NAMES = ("shapes", "digits", "imagefolder", "cifar10", "cifar100", "table")
 
 # A dataset is held as float32 arrays on the driver, then copied once into Ray's object
 # store: bound it, so a typo in data.size fails at once instead of allocating until
@@ -147,6 +148,8 @@ def load_dataset(
     """
     if name not in DATASET_NAMES:
         raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASET_NAMES)}")
+    if name == "table":
+        raise ValueError("data.name=table is read by the study's own prepare_data, not here")
     if size < 2:
         raise ValueError(f"size must be >= 2 (a train and a val sample), got {size}")
     if not 0 < val_fraction < 1:
@@ -187,6 +190,20 @@ def _load_folder(
 # ---- spec-time checks: what load_dataset would do, without doing it ------------------------
 
 
+TABLE_SUFFIXES = (".parquet", ".csv")
+
+
+def _plan_table(path: str | None, scan: bool) -> None:
+    """A table file: named, with a suffix the readers know, present (when scanned). What its
+    rows mean is the study's to check (Study.check_data)."""
+    if path is None:
+        raise DataError("path", "data.name=table reads a .parquet or .csv file: give data.path")
+    if Path(path).suffix.lower() not in TABLE_SUFFIXES:
+        raise DataError("path", f"{path}: a table is a .parquet or .csv file")
+    if scan and not Path(path).is_file():
+        raise DataError("path", f"{path}: no such file")
+
+
 def plan_dataset(
     name: str,
     size: int,
@@ -222,6 +239,8 @@ def plan_dataset(
         )
     if stream and name != "imagefolder":
         raise DataError("stream", f"streams image folders only (data.name=imagefolder), not {name!r}")
+    if name == "table":
+        return _plan_table(path, scan)
     if name in CIFAR:
         return _plan_cifar(name, size, val_fraction, domain, path, image_size, scan, test_fraction)
     if name == "imagefolder":
@@ -336,7 +355,7 @@ def _plan_cifar(
 
 
 _SOURCES = {"shapes": _shapes_source, "digits": _digits_source, "imagefolder": _folder_source}
-ON_DISK = ("imagefolder", *CIFAR)  # the datasets data.path applies to
+ON_DISK = ("imagefolder", *CIFAR, "table")  # the datasets data.path applies to
 
 
 def _check_image_size(name: str, image_size: int) -> None:
