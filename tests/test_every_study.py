@@ -182,6 +182,9 @@ def assert_model_gives_probabilities(study: Study, reports: list[FirstReport]) -
         model.load_state_dict(report.state["model"])
         model.eval()
         example = study.model_input_example(config)
+        if study.endpoints:  # a model with its own routes (text, say): each answers its example
+            assert_endpoints_answer(study, model, example, report.logged)
+            continue
         rng = np.random.default_rng(0)
         batch = rng.random((5, *example.shape[1:])).astype(example.dtype)  # inputs in [0, 1)
         for x in (example, batch):
@@ -198,6 +201,18 @@ def assert_model_gives_probabilities(study: Study, reports: list[FirstReport]) -
             np.testing.assert_allclose(
                 scores.sum(axis=1), 1.0, atol=1e-4, err_msg=str(report.logged)
             )
+
+
+def assert_endpoints_answer(study: Study, model: Any, example: np.ndarray, logged: Any) -> None:
+    """Each declared endpoint documents a request example, and the rebuilt model answers it
+    with a valid response; the pyfunc answer (MLflow's) has one row per input."""
+    assert len(study.predict(model, example)) == len(example), logged
+    for endpoint in study.endpoints:
+        examples = endpoint.request.model_json_schema().get("examples")
+        assert examples, f"{endpoint.path}: the request schema gives no example for /docs"
+        request = endpoint.request.model_validate(examples[0])
+        answer = getattr(study, endpoint.handler)(model, request)
+        endpoint.response.model_validate(answer)
 
 
 def assert_trials_report_the_metric(study: Study, reports: list[FirstReport]) -> None:
