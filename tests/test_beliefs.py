@@ -246,23 +246,28 @@ def _judged(decisions: dict[str, Decision]) -> dict[str, Judged]:
             for name, d in decisions.items()}  # fmt: skip
 
 
-@pytest.mark.parametrize(("tuned", "level", "group", "held"), [
-    (Decision.B_BETTER, Decision.UNDECIDED, Decision.B_BETTER, False),
-    (Decision.B_BETTER, Decision.UNDECIDED, Decision.UNDECIDED, None),
-    (Decision.UNDECIDED, Decision.EQUIVALENT, Decision.UNDECIDED, True),
-    (Decision.A_BETTER, Decision.UNDECIDED, Decision.A_BETTER, True),
-    (Decision.UNDECIDED, Decision.UNDECIDED, Decision.B_BETTER, None),
+B, A, U, EQ = Decision.B_BETTER, Decision.A_BETTER, Decision.UNDECIDED, Decision.EQUIVALENT
+
+
+@pytest.mark.parametrize(("tuned", "level", "group", "frozen", "held", "says"), [
+    (B, U, B, U, False, "Overturned"),
+    (B, U, U, B, None, "nor shown within"),
+    (U, EQ, U, B, True, "Held"),
+    (A, U, A, B, True, "Held"),
+    (A, U, A, U, None, "neither the frozen nor the fine-tuned"),  # both fail: not "held"
+    (U, EQ, U, U, None, "neither the frozen nor the fine-tuned"),
 ])  # fmt: skip
-def test_decide(tuned, level, group, held):
+def test_decide(tuned, level, group, frozen, held, says):
     judged = _judged({verdict.TUNED: tuned, verdict.LEVEL: level, verdict.VS_GROUP: group,
-                      verdict.DISSONANCE: Decision.B_BETTER})  # fmt: skip
+                      verdict.FROZEN_GROUP: frozen, verdict.DISSONANCE: B})  # fmt: skip
     label, why = verdict.decide(judged)
-    assert label is held and "dissonance claim: supported" in why
+    assert label is held and says in why and "dissonance claim: supported" in why
 
 
 def test_the_tuned_arm_is_full_where_the_sweep_has_it():
     assert verdict.tuned_arm({"full": {}, "frozen": {}}) == "full"
-    assert {c.b["arm"] for c in verdict.comparisons("top2") if c.name != verdict.LEVEL} == {"top2"}
+    tuned_is_b = {verdict.TUNED, verdict.VS_GROUP, verdict.DISSONANCE, verdict.VS_USER}
+    assert {c.b["arm"] for c in verdict.comparisons("top2") if c.name in tuned_is_b} == {"top2"}
     assert next(c for c in verdict.comparisons("top2") if c.name == verdict.DISSONANCE).a is None
 
 

@@ -21,7 +21,8 @@ from skeptic.api import Evidence, Judged, TrialResult
 ORDER = ["oracle", "full", "top2", "top1", "head", "frozen", "user_majority", "group_majority",
          "random"]  # fmt: skip
 BASELINES = {"oracle", "user_majority", "group_majority", "random"}
-COLUMNS = ("test_acc", "test_f1", "test_triplet_acc", "test_para_acc", SLOPE)
+COLUMNS = ("test_acc", "test_f1", "train_fit_acc", "test_acc_lean_kept", "test_acc_lean_flipped",
+           "test_triplet_acc", "test_para_acc", SLOPE)  # fmt: skip
 QUINTILE_KEYS = [f"test_acc_q{i + 1}" for i in range(QUINTILES)]
 
 NOTE = """### What the simulated votes can and cannot test
