@@ -38,6 +38,9 @@ def ray_session():
     from serving.control import fast_ingress_env
 
     os.environ.update(fast_ingress_env())  # Serve as `skeptic serve` starts it
+    # Behind HAProxy a stopped replica drains for 30 s by default: every serving module's
+    # teardown would wait that long for no request.
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield ray

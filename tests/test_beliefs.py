@@ -12,7 +12,6 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,6 +19,7 @@ import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from reported import Reported
 
 from jobs.beliefs import evaluate, verdict
 from jobs.beliefs.arms import Arm, stage_result
@@ -27,26 +27,9 @@ from jobs.beliefs.encoder import SentenceEncoder, lower_states, pretrained
 from jobs.beliefs.study import BeliefsStudy, Params
 from jobs.beliefs.triplets import cooccurrence, opposite, triplets
 from jobs.beliefs.votes import AGREE, Votes, load_votes, split_propositions
-from skeptic.api import Compare, DataError, Decision, Judged, OneProcess, SpecError
+from skeptic.api import Compare, DataError, Decision, Judged, SpecError
 from skeptic.schema import Tag
 from skeptic.spec import load_spec
-
-
-@dataclass
-class Reported(OneProcess):
-    """A stand-in TrialContext: one process, the reports kept."""
-
-    params: Any
-    data: dict
-    seed: int = 0
-    upstream: dict = field(default_factory=dict)
-    device: Any = "cpu"
-    start_epoch: int = 0
-    state: Any = None
-    reports: list = field(default_factory=list)
-
-    def report(self, metrics: dict, state: dict, samples: int = 0, progress: Any = None) -> None:
-        self.reports.append((metrics, state))
 
 
 def _votes(rows: list[tuple[int, int, bool]], n_props: int = 6) -> Votes:

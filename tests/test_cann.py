@@ -13,40 +13,22 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
+from reported import Reported
 
 from jobs.cann import localiser, verdict
 from jobs.cann.features import extract
 from jobs.cann.places import make_places, write_folder
 from jobs.cann.study import CannStudy, Params
-from skeptic.api import Compare, Decision, Judged, OneProcess, SpecError
+from skeptic.api import Compare, Decision, Judged, SpecError
 from skeptic.schema import Tag
 from skeptic.spec import load_spec
 
 TINY = {"places": 6, "db_views": 2, "query_views": 1, "size": 96, "num_features": 150}
-
-
-@dataclass
-class Reported(OneProcess):
-    """A stand-in TrialContext: one process, the report kept."""
-
-    params: Any
-    data: dict
-    seed: int = 0
-    upstream: dict = field(default_factory=dict)
-    device: Any = "cpu"
-    start_epoch: int = 0
-    state: Any = None
-    reports: list = field(default_factory=list)
-
-    def report(self, metrics: dict, state: dict, samples: int = 0, progress: Any = None) -> None:
-        self.reports.append((metrics, state))
 
 
 def _places(seed: int = 0):

@@ -96,6 +96,11 @@ BAD = [
     ("large_batch", ["data.image_size=100000"], "data.image_size"),
     ("large_batch", ["data.image_size=4"], "data.image_size"),  # shapes draw at >= 8
     ("large_batch", ["data.seed=-1"], "data.seed"),
+    ("large_batch", ["data.name=table", "data.path=votes.csv"], "data.name"),
+    ("beliefs", ["data.name=table"], "data.path"),
+    ("beliefs", ["data.name=table", "data.path={good}"], "data.path"),  # a folder, not a table
+    ("beliefs", ["data.name=digits"], "data.name"),
+    ("beliefs", ["train.votes_per_user=1"], "train.votes_per_user"),
     ("large_batch", ["data.name=digits", "data.domain=null", "data.image_size=32"], "data.image_size"),
     ("few_shot", ["train.target_domain=bogus"], "train.target_domain"),
     ("few_shot", ["train.source_domain=bogus"], "train.source_domain"),

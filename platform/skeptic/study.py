@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from skeptic.contexts import StageContext, TrialContext
 from skeptic.schema import Outcome
-from skeptic.spec import Spec
+from skeptic.spec import Spec, SpecError
 from skeptic.stats import Compare, Judged
 
 if TYPE_CHECKING:
@@ -188,6 +188,11 @@ class Study(ABC):
         from skeptic.data import plan_dataset
 
         d = spec.data
+        if d.name == "table":
+            raise SpecError(
+                f"data.name: table is a file a study reads itself (e.g. beliefs' votes); "
+                f"{self.name} reads images: shapes, digits, imagefolder, cifar10 or cifar100"
+            )
         return plan_dataset(
             d.name, d.size, d.val_fraction, d.domain, d.path, d.image_size, scan=scan,
             test_fraction=d.test_fraction, stream=d.stream,
