@@ -160,6 +160,9 @@ def paper_rows(groups: dict[str, list[TrialResult]], judged: list[Judged],
          "note": "fine-tuned beats it?"},
         {"quantity": "random (%)", "paper": "49.98", "ours": _ours(groups, "random", "test_acc"),
          "direction agrees": "", "note": ""},
+        {"quantity": "the rule on the hidden loadings (%)", "paper": "(no such arm)",
+         "ours": _ours(groups, "oracle", "test_acc"), "direction agrees": "",
+         "note": "ours only: what the simulated votes allow at most"},
         {"quantity": "triplet accuracy on the test fold, fine-tuned", "paper": "0.674",
          "ours": _ours(groups, tuned, "test_triplet_acc", pct=False),
          "direction agrees": "", "note": "paper's untrained BERT: 0.362"},
@@ -188,7 +191,12 @@ def evidence(results: list[TrialResult], judged: list[Judged], params: Any) -> E
     summary = (
         f"Fine-tuned ({tuned}) minus frozen: {_diff(by_name.get(verdict.TUNED))} pp; "
         f"minus group majority: {_diff(by_name.get(verdict.VS_GROUP))} pp. "
-        f"Dissonance: {verdict.dissonance_label(by_name)}."
+        f"Dissonance: {verdict.dissonance_label(by_name)}. "
+        f"Test accuracy (%): oracle {_ours(groups, 'oracle', 'test_acc')}, {tuned} "
+        f"{_ours(groups, tuned, 'test_acc')}, frozen {_ours(groups, 'frozen', 'test_acc')}. "
+        f"In-sample (training votes, own belief in the user's vector): {tuned} "
+        f"{_ours(groups, tuned, 'train_fit_acc')}, frozen "
+        f"{_ours(groups, 'frozen', 'train_fit_acc')}."
     )
     setting = (
         f"Setting: {params.users} simulated voters, {params.votes_per_user} votes each, "
