@@ -37,6 +37,14 @@ nor the paper's behavioural reading of d_rel: here a larger d_rel can only mean 
 encoder is more confident, and the slope says whether that confidence is calibrated. The
 real-data path (data.name=table, a votes file) runs the paper's setting on real votes.
 
+`train_fit_acc` is the rule on the training votes themselves (each user's own belief is in
+the user's vector, so an encoder that learnt nothing scores a little above 50%): whether
+the fine-tune fitted the propositions it trained on. `test_acc_lean_kept` / `_flipped` split
+the test votes by whether the training proposition nearest the held-out one (the frozen
+encoder's Pro statements: topic and wording) leans the same way in the hidden space: an
+encoder that transfers by topic, not by stance, is right on the first and wrong on the
+second.
+
 ### Where this run differs from the paper
 
 all-MiniLM-L6-v2 (6 layers, 22.7M parameters) instead of roberta-base S-BERT (125M); the
@@ -196,7 +204,10 @@ def evidence(results: list[TrialResult], judged: list[Judged], params: Any) -> E
         f"{_ours(groups, tuned, 'test_acc')}, frozen {_ours(groups, 'frozen', 'test_acc')}. "
         f"In-sample (training votes, own belief in the user's vector): {tuned} "
         f"{_ours(groups, tuned, 'train_fit_acc')}, frozen "
-        f"{_ours(groups, 'frozen', 'train_fit_acc')}."
+        f"{_ours(groups, 'frozen', 'train_fit_acc')}. {tuned} on test propositions whose "
+        f"nearest training proposition leans the same way / the other way: "
+        f"{_ours(groups, tuned, 'test_acc_lean_kept')} / "
+        f"{_ours(groups, tuned, 'test_acc_lean_flipped')}."
     )
     setting = (
         f"Setting: {params.users} simulated voters, {params.votes_per_user} votes each, "

