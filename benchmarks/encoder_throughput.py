@@ -192,7 +192,7 @@ def train_steps(texts: list[str], rows: Any, steps: int) -> dict[str, dict[str, 
     try:
         for name, method, layers in (("top1", "top", 1), ("top2", "top", 2), ("full", "full", 2)):
             torch.manual_seed(0)
-            arm = Arm(method, layers, caches[layers], texts, cpu)
+            arm = Arm(method, caches[layers], texts, cpu)
             model = arm.trainable
             params = [q for q in model.module.parameters() if q.requires_grad]
             opt = torch.optim.AdamW(params, lr=p.lr, weight_decay=WEIGHT_DECAY)

@@ -184,7 +184,7 @@ def bert():
 def test_cached_lower_layers_give_the_whole_encoders_output(bert):
     texts = ["I agree with the following: Taxes should be lowered",
              "I disagree with the following: Cats are better than dogs"]  # fmt: skip
-    arm = Arm("frozen", 2, lower_states(bert, texts, first_trained=4), texts, torch.device("cpu"))
+    arm = Arm("frozen", lower_states(bert, texts, first_trained=4), texts, torch.device("cpu"))
     config = {"bert": bert.config.to_dict(), "head": False}
     whole = SentenceEncoder(config).eval()
     whole.bert.load_state_dict(bert.state_dict(), strict=False)
@@ -193,7 +193,7 @@ def test_cached_lower_layers_give_the_whole_encoders_output(bert):
 
 def test_a_trained_top_layer_round_trips_through_the_served_state(bert):
     texts = [f"I {w} with the following: Claim {i}" for i in range(4) for w in ("agree", "disagree")]
-    arm = Arm("top", 1, lower_states(bert, texts, first_trained=5), texts, torch.device("cpu"))
+    arm = Arm("top", lower_states(bert, texts, first_trained=5), texts, torch.device("cpu"))
     with torch.no_grad():
         for param in arm.top.parameters():
             param.add_(0.01 * torch.randn_like(param))

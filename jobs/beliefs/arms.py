@@ -31,9 +31,12 @@ BATCH = 128  # statements per forward pass when embedding them all
 
 
 class Arm:
-    """One trial's encoder: its trainable part, every statement's embedding, its weights."""
+    """One trial's encoder: its trainable part, every statement's embedding, its weights.
+    `cache` is the stage's (lower_states of `texts`): where it was cut decides the layers a
+    `top` arm trains; `full` reads tokens and needs none. `frozen` holds every statement's
+    embedding before any training (the pretrained encoder's)."""
 
-    def __init__(self, method: str, layers: int, cache: dict[str, Any], texts: list[str],
+    def __init__(self, method: str, cache: dict[str, Any], texts: list[str],
                  device: torch.device) -> None:  # fmt: skip
         self.method, self.device, self.texts = method, device, texts
         self.bert = pretrained()
@@ -41,14 +44,12 @@ class Arm:
         self.head: nn.Linear | None = None
         self.full: SentenceEncoder | None = None
         self.trainable: Embedder | None = None
-        hidden, mask = cache["hidden"], cache["mask"].long()
-        first = int(cache["first_trained"])
         if method == "full":
             self._full()
             self.frozen = self.embeddings()
             return
-        self.top = TopLayers(self.bert, first).to(device)
-        self.hidden, self.mask = hidden, mask
+        self.top = TopLayers(self.bert, int(cache["first_trained"])).to(device)
+        self.hidden, self.mask = cache["hidden"], cache["mask"].long()
         if method == "top":
             self.trainable = Embedder(self.top, self._top_embed)
             self.frozen = self.embeddings()  # before any step: the pretrained encoder's

@@ -83,6 +83,10 @@ from skeptic.api import (
 )
 
 ENCODERS = ("frozen", "head", "top", "full")
+TRAINED = ("head", "top", "full")
+# triplets per epoch at the paper's scale: ~84k training statements (Pro/Con of ~42k
+# debates) x up to 25 triplets each, the released construction's cap (an estimate)
+PAPER_TRIPLETS = 2_000_000
 BASELINES = ("user_majority", "group_majority", "random", "oracle")
 ARMS = {
     "frozen": {"method": "frozen"},
@@ -163,11 +167,17 @@ class BeliefsStudy(Study):
             },
             data="debate_org_votes.parquet: one row per vote, columns user, proposition, "
             "stance (Pro/Con), text (the debate title); votes.load_votes",
-            seconds_per_image=0.004,
+            # per training triplet (the study's "image")
+            seconds_per_image=3e-4,
             gpu="H100",
-            cost_basis="stated: ~125 triplets/s for a 6-layer MiniLM step on one H100 "
-            "(not measured here: no GPU was lent to this task)",
-            train_images=500_000,
+            cost_basis=(
+                "stated: an estimate, nothing was measured on a GPU (none was lent to this "
+                "task). A full 32-triplet MiniLM step is ~150 GFLOP (96 statements x 24 "
+                "tokens, 6 layers, forward + backward) and measured 0.98 s on 2 CPU cores "
+                "(benchmarks/encoder_throughput.py); on an H100 a step this small is bound by "
+                "its ~400 kernel launches, taken as ~10 ms, i.e. 3e-4 s per triplet"
+            ),
+            train_images=PAPER_TRIPLETS,
         )
     }
     endpoints = endpoint.ENDPOINTS
@@ -250,7 +260,7 @@ class BeliefsStudy(Study):
                        val: Votes, test: Votes) -> None:  # fmt: skip
         p, n = ctx.params, votes.n_users
         texts = self._texts(votes)
-        arm = Arm(p.method, p.layers, ctx.upstream.get("lower", {}), texts, ctx.device)
+        arm = Arm(p.method, ctx.upstream.get("lower", {}), texts, ctx.device)
         rng = np.random.default_rng(ctx.seed)
         rows = triplets(cooccurrence(train.user, train.belief), rng)
         test_rows = triplets(cooccurrence(test.user, test.belief), rng)
@@ -292,6 +302,14 @@ class BeliefsStudy(Study):
             para = evaluate.predict(emb[:titles], train, test, n, emb[titles : 2 * titles])
             metrics["test_para_acc"] = evaluate.scores("test", para)["test_acc"]
         return metrics
+
+    def work(self, params: BaseModel, train_images: int) -> float:
+        """Triplets a trial trains on, for the GPU-hours estimate: `epochs` passes over the
+        paper-scale triplets for a trained encoder (the data.size cap does not apply to a
+        votes file), none for the frozen encoder or a baseline."""
+        if params.method not in TRAINED:
+            return 0.0
+        return float(params.epochs) * PAPER_TRIPLETS
 
     # ---- the registered model: the encoder, weights as safetensors + BERT's config -------
 
