@@ -6,19 +6,16 @@ champion served over HTTP. The shipped propositions: tests/test_beliefs_proposit
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from netutil import http_json, served_app
 from reported import Reported
 
 from jobs.beliefs import evaluate, verdict
@@ -287,48 +284,28 @@ def test_smoke_sweep_logs_every_trial_the_verdict_and_a_champion(beliefs_smoke):
     assert (report / "accuracy_by_dissonance.png").is_file()
 
 
-def _post(url: str, body: Any) -> tuple[int, dict]:
-    request = urllib.request.Request(url, json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
 @pytest.mark.slow
 def test_the_served_encoder_answers_text_over_http(beliefs_smoke, ray_session):
-    from ray import serve
-
-    from serving.control import deploy, free_port, wait_healthy
-
     uri, _, _ = beliefs_smoke
-    port = free_port()
-    drain = {"env_vars": {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}}
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        deploy({"model": "beliefs@champion", "tracking_uri": uri,
-                "ray_actor_options": {"num_cpus": 0.5, "runtime_env": drain}}, "beliefs")  # fmt: skip
-        base = f"http://127.0.0.1:{port}/beliefs"
-        wait_healthy(base, None, timeout_s=180)
+    args = {"model": "beliefs@champion", "tracking_uri": uri,
+            "ray_actor_options": {"num_cpus": 0.5}}  # fmt: skip
+    with served_app(args, "beliefs", timeout_s=180) as base:
         body = {"beliefs": [AGREE + "The minimum wage should be raised",
                             "I disagree with the following: Taxes should be lowered"],
                 "candidates": ["Universal healthcare should be provided by the state"],
                 "nearest": 1}  # fmt: skip
-        status, answer = _post(f"{base}/predict", body)
+        status, answer = http_json("POST", f"{base}/predict", body, timeout=120)
         assert status == 200, answer
         (pred,) = answer["predictions"]
         assert 0.0 <= pred["p_pro"] <= 1.0 and pred["stance"] in ("Pro", "Con")
         assert pred["d_rel"] == pytest.approx(
             abs(pred["d_pro"] - pred["d_con"]) / min(pred["d_pro"], pred["d_con"]), rel=1e-6)
         assert len(pred["nearest"]) == 1 and pred["nearest"][0]["belief"] in body["beliefs"]
-        status, answer = _post(f"{base}/embed", {"statements": ["a", "b"]})
+        status, answer = http_json("POST", f"{base}/embed", {"statements": ["a", "b"]},
+                                   timeout=120)
         assert status == 200 and answer["dim"] == 384 and len(answer["vectors"]) == 2
         for bad, where in (({**body, "beliefs": []}, "beliefs"),
                            ({**body, "candidates": ["ok", 3]}, "candidates.1"),
                            ({**body, "candidates": ["x" * 301]}, "candidates.0")):  # fmt: skip
-            status, answer = _post(f"{base}/predict", bad)
+            status, answer = http_json("POST", f"{base}/predict", bad, timeout=120)
             assert status == 422 and where in answer["detail"], answer
-    finally:
-        serve.shutdown()

@@ -11,12 +11,11 @@ import json
 import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from netutil import http_json, served_app
 from PIL import Image
 from reported import Reported
 
@@ -198,40 +197,21 @@ def _png(image: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _post(url: str, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url, json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
 @pytest.mark.slow
 def test_the_served_localiser_answers_places_scores_and_homographies_over_http(
     cann_smoke, ray_session
 ):
-    from ray import serve
-
-    from serving.control import deploy, free_port, wait_healthy
-
     uri, _, _ = cann_smoke
-    port = free_port()
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        deploy({"model": "cann@champion", "tracking_uri": uri,
-                "ray_actor_options": {"num_cpus": 0.5}}, "cann")  # fmt: skip
-        base = f"http://127.0.0.1:{port}/cann"
-        wait_healthy(base, None, timeout_s=180)
+    args = {"model": "cann@champion", "tracking_uri": uri, "ray_actor_options": {"num_cpus": 0.5}}
+    with served_app(args, "cann", timeout_s=180) as base:
         view = _places().database.images[0]
-        status, answer = _post(f"{base}/predict", {"images": [_png(view)], "k": 2})
+        body = {"images": [_png(view)], "k": 2}
+        status, answer = http_json("POST", f"{base}/predict", body, timeout=120)
         assert status == 200, answer
         ((best, second),) = answer["predictions"]
         assert {"label", "index", "score", "homography", "inliers"} <= set(best)
         assert best["score"] >= second["score"]
         assert np.asarray(best["homography"]).shape == (3, 3)
-        status, answer = _post(f"{base}/predict", {"images": ["bm90IGFuIGltYWdl"]})
+        body = {"images": ["bm90IGFuIGltYWdl"]}
+        status, answer = http_json("POST", f"{base}/predict", body, timeout=120)
         assert status == 422 and answer["error"] == "bad_image", answer
-    finally:
-        serve.shutdown()

@@ -8,6 +8,7 @@ its own `ray start --head` (isolated by RAY_TMPDIR) and always stops it, by pid.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import os
@@ -18,6 +19,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
@@ -27,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from netutil import http_json, served_app
 from PIL import Image
 
 from serving.api import token_digest, token_ok
@@ -48,23 +51,7 @@ SHAPE = tuple(CONFIG["input_shape"])
 
 
 
-def _http(method: str, url: str, body: object = None, *, raw: bytes | None = None,
-          token: str | None = TOKEN, timeout: float = 60) -> tuple[int, dict]:  # fmt: skip
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(url, data=data, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            text = response.read()
-            status = response.status
-    except urllib.error.HTTPError as err:
-        text, status = err.read(), err.code
-    try:
-        return status, json.loads(text)
-    except ValueError:
-        return status, {"text": text.decode(errors="replace")}
+_http = functools.partial(http_json, token=TOKEN)  # every app here has the token on
 
 
 def _png(color: tuple[int, int, int], size: int = 20) -> bytes:
@@ -154,24 +141,13 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def served(ray_session, store):
     """Serve on a free loopback port with the champion deployed at /large_batch (token on)."""
-    from ray import serve
-
-    from serving.control import deploy, wait_healthy
-
-    port = free_port()
     args = {
         "model": f"{NAME}@champion", "tracking_uri": store["uri"], "token": TOKEN,
         "ray_actor_options": {"num_cpus": 0.5}, "max_payload_bytes": 256 * 1024,
         "max_batch_items": 8, "max_batch_size": 16, "batch_wait_timeout_s": 0.005,
     }  # fmt: skip
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        deploy(args, NAME)
-        base = f"http://127.0.0.1:{port}/{NAME}"
-        wait_healthy(base, TOKEN, timeout_s=120)
-        yield {"base": base, "port": port, "args": args}
-    finally:
-        serve.shutdown()
+    with served_app(args, NAME, TOKEN) as base:
+        yield {"base": base, "port": urllib.parse.urlsplit(base).port, "args": args}
 
 
 @pytest.fixture

@@ -18,11 +18,11 @@ from typing import Self
 
 import numpy as np
 import pytest
+from netutil import served_app
 from PIL import Image
 from test_serving import NAME, SHAPE, TOKEN, _b64, _http, _png, store  # noqa: F401
 
 from serving.api import RequestError, json_depth, parse_body
-from serving.control import free_port
 
 APP = "limits"
 MAX_PAYLOAD = 4 * 1024 * 1024  # ServeArgs' default
@@ -99,23 +99,12 @@ class Traffic:
 @pytest.fixture(scope="module")
 def limited(ray_session, store):  # noqa: F811 (pytest passes the imported fixture)
     """The champion at /limits on a free loopback port, with the default limits."""
-    from ray import serve
-
-    from serving.control import deploy, wait_healthy
-
-    port = free_port()
     args = {
         "model": f"{NAME}@champion", "tracking_uri": store["uri"], "token": TOKEN,
         "ray_actor_options": {"num_cpus": 0.5}, "batch_wait_timeout_s": 0.005,
     }  # fmt: skip
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        deploy(args, APP)
-        base = f"http://127.0.0.1:{port}/{APP}"
-        wait_healthy(base, TOKEN, timeout_s=120)
+    with served_app(args, APP, TOKEN) as base:
         yield {"base": base, "predict": f"{base}/predict"}
-    finally:
-        serve.shutdown()
 
 
 # --- no Serve needed -----------------------------------------------------------------------------

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from netutil import served_app
 from test_serving import TOKEN, _experiment, _http
 from test_serving_limits import _post
 
-from serving.control import free_port
 from skeptic.schema import Tag
 
 APP = "text_echo"
@@ -55,30 +55,16 @@ def _local(model: object, texts: list[str]) -> np.ndarray:
 @pytest.fixture(scope="module")
 def text_served(ray_session, tmp_path_factory):
     """text_echo@champion at /text_echo on a free loopback port (token on, small body limit)."""
-    from ray import serve
-
-    from serving.control import deploy, wait_healthy
-
     root = tmp_path_factory.mktemp("serving-text")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     version, model = _register_text_echo(uri, root / "artifacts")
-    port = free_port()
-    # Behind HAProxy a replica stays up 30 s after it is told to stop, so that load
-    # balancers can deregister it; nothing needs that here, and the suite is timed.
-    drain = {"env_vars": {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}}
     args = {
         "model": f"{APP}@champion", "tracking_uri": uri, "token": TOKEN,
-        "ray_actor_options": {"num_cpus": 0.5, "runtime_env": drain},
-        "max_payload_bytes": 64 * 1024,
+        "ray_actor_options": {"num_cpus": 0.5}, "max_payload_bytes": 64 * 1024,
     }  # fmt: skip
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        deploy(args, APP)
-        base = f"http://127.0.0.1:{port}/{APP}"
-        wait_healthy(base, TOKEN, timeout_s=120)
-        yield {"base": base, "url": f"http://127.0.0.1:{port}", "version": version, "model": model}
-    finally:
-        serve.shutdown()
+    with served_app(args, APP, TOKEN) as base:
+        url = base.removesuffix(f"/{APP}")
+        yield {"base": base, "url": url, "version": version, "model": model}
 
 
 def test_embed_answers_what_the_model_computes(text_served) -> None:
