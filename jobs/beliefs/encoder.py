@@ -18,7 +18,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -151,7 +150,3 @@ def served_state(
     if head is not None:
         state["head.weight"] = head.weight.detach().cpu().clone()
     return state
-
-
-def as_numpy(x: torch.Tensor) -> np.ndarray:
-    return x.detach().float().cpu().numpy()
