@@ -77,6 +77,7 @@ from serving.model_ref import (
     resolve,
     version_metric,
 )
+from skeptic.api import InvalidRequest
 from skeptic.schema import Tag
 from skeptic.store import resolve_tracking_uri
 
@@ -320,7 +321,10 @@ class ModelServer:
         return await loop.run_in_executor(self._decode_pool, self._parse, route, body)
 
     def _handle(self, route: Route, request: BaseModel) -> dict[str, Any]:
-        result = getattr(self.study, route.handler)(self.model, request)
+        try:
+            result = getattr(self.study, route.handler)(self.model, request)
+        except InvalidRequest as err:  # valid by the schema, not for this model
+            raise RequestError(422, "invalid_request", str(err)) from None
         try:
             answer = route.response.model_validate(_plain(result))
         except ValidationError as err:  # the study's bug, not the client's: a 500, logged

@@ -4,6 +4,8 @@ equality a noisy run cannot show, Holm adjusts in order."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from scipy import stats as sps
@@ -18,6 +20,7 @@ from skeptic.stats import (
     holm,
     judge,
     look_levels,
+    mean_ci,
     p_value,
     seeds_needed,
 )
@@ -193,3 +196,10 @@ def test_a_comparison_against_zero_is_scipys_one_sample_t_test():
     assert j.p == pytest.approx(ref.pvalue) and j.decision == Decision.B_BETTER
     # arm A's trials (with no slope) belong to neither side
     assert Compare("s", None, {"arm": "B"}).side({"arm": "A"}) is None
+
+
+def test_mean_ci_is_the_t_interval_over_the_finite_values():
+    mean, half = mean_ci([1.0, 2.0, float("nan"), 3.0])
+    assert mean == 2.0 and half == pytest.approx(sps.t.ppf(0.975, 2) * 1.0 / math.sqrt(3))
+    assert mean_ci([5.0])[0] == 5.0 and math.isnan(mean_ci([5.0])[1])
+    assert all(math.isnan(v) for v in mean_ci([]))

@@ -12,11 +12,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from scipy import stats as sps
 
 from jobs.beliefs import verdict
 from jobs.beliefs.evaluate import QUINTILES, SLOPE
-from skeptic.api import Evidence, Judged, TrialResult
+from skeptic.api import Evidence, Judged, TrialResult, mean_ci
 
 ORDER = ["oracle", "full", "top2", "top1", "head", "frozen", "user_majority", "group_majority",
          "random"]  # fmt: skip
@@ -68,17 +67,6 @@ def by_arm(results: list[TrialResult]) -> dict[str, list[TrialResult]]:
         if r.outcome != "failed" and "test_acc" in r.final:
             out[_arm(r)].append(r)
     return dict(sorted(out.items(), key=lambda kv: _rank(kv[0])))
-
-
-def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% t interval (NaN below two values)."""
-    arr = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
-    if len(arr) == 0:
-        return float("nan"), float("nan")
-    if len(arr) < 2:
-        return float(arr.mean()), float("nan")
-    half = sps.t.ppf(0.975, len(arr) - 1) * arr.std(ddof=1) / np.sqrt(len(arr))
-    return float(arr.mean()), float(half)
 
 
 def _cell(values: list[float], pct: bool) -> str:

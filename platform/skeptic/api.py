@@ -11,8 +11,17 @@ from skeptic.contexts import OneProcess, StageContext, TrialContext
 from skeptic.data import DataError, DataPlan
 from skeptic.schema import Outcome
 from skeptic.spec import Spec, SpecError, grid_points, sweep_params
-from skeptic.stats import Compare, Decision, Judged, Question, summarize
-from skeptic.study import Endpoint, Evidence, Preset, Stage, Study, TrialResult, register_study
+from skeptic.stats import Compare, Decision, Judged, Question, mean_ci, summarize
+from skeptic.study import (
+    Endpoint,
+    Evidence,
+    InvalidRequest,
+    Preset,
+    Stage,
+    Study,
+    TrialResult,
+    register_study,
+)
 
 __all__ = [
     "Compare",
@@ -21,6 +30,7 @@ __all__ = [
     "Decision",
     "Endpoint",
     "Evidence",
+    "InvalidRequest",
     "Judged",
     "OneProcess",
     "Outcome",
@@ -34,6 +44,7 @@ __all__ = [
     "TrialContext",
     "TrialResult",
     "grid_points",
+    "mean_ci",
     "register_study",
     "summarize",
     "sweep_params",

@@ -25,7 +25,7 @@ from skeptic.spec import (
     seed_values,
 )
 from skeptic.stages import plan_tasks
-from skeptic.stats import ALPHA, Compare, look_levels
+from skeptic.stats import ALPHA, Compare, look_levels, margin_text
 from skeptic.study import Preset, Study
 
 
@@ -248,9 +248,11 @@ def _comparison_lines(study: Study, spec: Spec, looks: tuple[int, ...]) -> list[
     reported = f", {len(compares) - deciding} reported (Holm over those)" if deciding < len(compares) else ""
     lines = [f"comparisons ({study.report_metric}): {deciding} deciding (Holm over those){reported}:"]
     for c in compares:
-        margin = f" +-{c.margin:g}" if c.margin else ""
         role = "" if c.deciding else " (reported)"
-        lines.append(f"  {c.name}: {dict(c.a) if c.a is not None else 0} vs {dict(c.b)}, {c.question}{margin}{role}")
+        metric = f", on {c.metric}" if c.metric and c.metric != study.report_metric else ""
+        metric += " (lower is better)" if metric and not c.higher_is_better else ""
+        lines.append(f"  {c.name}: {dict(c.a) if c.a is not None else 0} vs {dict(c.b)}, "
+                     f"{c.question}{margin_text(c)}{metric}{role}")  # fmt: skip
     if len(looks) > 1:
         levels = ", ".join(f"{n}: {a:.3g}" for n, a in zip(looks, look_levels(looks)))
         deciding = points_of(study, spec, [c for c in compares if c.deciding])

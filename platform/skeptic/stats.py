@@ -386,3 +386,15 @@ def summarize(values: list[float]) -> dict[str, float]:
     arr = np.asarray(values, dtype=float)
     std = float(arr.std(ddof=1)) if len(arr) > 1 else float("nan")
     return {"mean": float(arr.mean()), "std": std, "n": len(arr)}
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean of the finite values and the half-width of its 95% t interval (NaN below two
+    values): an arm's spread over seeds, for a report's tables and error bars."""
+    arr = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
+    if len(arr) == 0:
+        return float("nan"), float("nan")
+    if len(arr) < 2:
+        return float(arr.mean()), float("nan")
+    half = sps.t.ppf(0.975, len(arr) - 1) * arr.std(ddof=1) / np.sqrt(len(arr))
+    return float(arr.mean()), float(half)

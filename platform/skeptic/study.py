@@ -111,6 +111,12 @@ class Endpoint:
     summary: str = ""  # one line for /docs
 
 
+class InvalidRequest(ValueError):
+    """An endpoint handler's answer to a request its schema accepts but its model cannot
+    take (a scene of 5 slots for a 6-slot model): the app answers 422 with this message,
+    which names the field first ("slots: ...")."""
+
+
 @dataclass
 class Verdict:
     """What a study concluded. `held` is True/False, or None when the run cannot decide;
