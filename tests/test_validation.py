@@ -101,6 +101,9 @@ BAD = [
     ("beliefs", ["data.name=table", "data.path={good}"], "data.path"),  # a folder, not a table
     ("beliefs", ["data.name=digits"], "data.name"),
     ("beliefs", ["train.votes_per_user=1"], "train.votes_per_user"),
+    ("consciousness", ["train.cued=3"], "train.cued"),  # `greater` compares two slots
+    ("consciousness", ["data.name=digits", "data.path={good}"], "data.path"),
+    ("consciousness", ["train.k=0"], "train.k"),
     ("large_batch", ["data.name=digits", "data.domain=null", "data.image_size=32"], "data.image_size"),
     ("few_shot", ["train.target_domain=bogus"], "train.target_domain"),
     ("few_shot", ["train.source_domain=bogus"], "train.source_domain"),
