@@ -197,7 +197,7 @@ def _missing_here(path: str | None) -> bool:
 def _preset_lines(study: Study, spec: Spec, name: str, plan: DataPlan | None) -> list[str]:
     preset = study.presets[name]
     low, high, images = gpu_hours(study, spec, preset, plan)
-    span = f"{low:,.0f}" if low == high else f"{low:,.0f} (first look) to {high:,.0f} (last look)"
+    span = _hours(low) if low == high else f"{_hours(low)} (first look) to {_hours(high)} (last look)"
     return [
         f"preset {name}: {preset.about}",
         f"data: {preset.data}",
@@ -206,6 +206,11 @@ def _preset_lines(study: Study, spec: Spec, name: str, plan: DataPlan | None) ->
             f"{preset.seconds_per_image:.3g} s/image ({preset.cost_basis})"
         ),
     ]
+
+
+def _hours(h: float) -> str:
+    """Whole hours, or two significant digits below 10 (a small study is not "0")."""
+    return f"{h:,.0f}" if h >= 10 else f"{h:.2g}"
 
 
 def gpu_hours(
