@@ -16,7 +16,7 @@ import numpy as np
 from jobs.consciousness import verdict
 from jobs.consciousness.evaluate import ood
 from jobs.consciousness.scenes import SHIFTS
-from skeptic.api import Evidence, Judged, TrialResult, mean_ci
+from skeptic.api import Decision, Evidence, Judged, TrialResult, mean_ci
 
 COLUMNS = ("val_acc", "test_acc", "test_sel_recall",
            *(f"{ood(s)}_{m}" for s in SHIFTS for m in ("acc", "drop", "sel_recall")))
@@ -63,7 +63,8 @@ def table(groups: dict[tuple, dict[str, list[TrialResult]]]) -> list[dict[str, A
             row: dict[str, Any] = {"setting": setting_text(setting), "arm": arm, "seeds": len(trials),
                                    "parameters": int(trials[0].final.get("parameters", 0))}  # fmt: skip
             for key in COLUMNS:
-                row[f"{key} (%)"] = _cell([r.final[key] for r in trials if key in r.final])
+                unit = "pp" if key.endswith("_drop") else "%"
+                row[f"{key} ({unit})"] = _cell([r.final[key] for r in trials if key in r.final])
             rows.append(row)
     return rows
 
@@ -81,31 +82,42 @@ def _k_curve(arms: dict[str, list[TrialResult]], key: str) -> tuple[list[int], l
 
 def _figure_by_k(groups: dict[tuple, dict[str, list[TrialResult]]], metric: str,
                  ylabel: str) -> Any:  # fmt: skip
-    """One panel per setting and shift: top-k's `ood_<shift>_<metric>` against k, the other
-    arms as horizontal bands (mean, 95% CI over seeds)."""
+    """One panel per setting (rows) and shift (columns): top-k's `ood_<shift>_<metric>`
+    against k, the other arms as horizontal bands (mean, 95% CI over seeds)."""
+    rows = max(1, len(groups))
+    fig, axes = plt.subplots(rows, len(SHIFTS), figsize=(4.2 * len(SHIFTS), 3.0 * rows),
+                             squeeze=False, sharey=True)  # fmt: skip
     panels = [(setting, shift) for setting in groups for shift in SHIFTS]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.8 * len(panels), 3.6), squeeze=False,
-                             sharey=True)  # fmt: skip
-    for ax, (setting, shift) in zip(axes[0], panels, strict=True):
-        arms, key = groups[setting], f"{ood(shift)}_{metric}"
-        ks, stats = _k_curve(arms, key)
-        if ks:
-            ax.errorbar(ks, [100 * m for m, _ in stats], yerr=[100 * np.nan_to_num(h) for _, h in stats],
-                        marker="o", capsize=3, color="C0", label="top-k")  # fmt: skip
-        for i, arm in enumerate(a for a in arms if not a.startswith("topk") or a.endswith("cold")):
-            m, h = mean_ci([r.final[key] for r in arms[arm] if key in r.final])
-            if np.isfinite(m):
-                ax.axhline(100 * m, color=f"C{i + 1}", ls="--", lw=1, label=arm)
-                if np.isfinite(h):
-                    ax.axhspan(100 * (m - h), 100 * (m + h), color=f"C{i + 1}", alpha=0.1)
+    for ax, (setting, shift) in zip(axes.flat, panels, strict=False):
         cued = setting[verdict.SETTING.index("cued")]
-        ax.axvline(cued, color="gray", lw=0.8, ls=":")
-        ax.set_xlabel(f"k (slots read; k_true = {cued})")
+        _panel(ax, groups[setting], f"{ood(shift)}_{metric}", cued)
         ax.set_title(f"{setting_text(setting)}\nshift: {shift}", fontsize=8)
-    axes[0][0].set_ylabel(ylabel)
+        if metric == "sel_recall":
+            ax.set_ylim(-5, 105)  # a recall; three seeds' intervals reach past it
+    for row in axes:
+        row[0].set_ylabel(ylabel)
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def _panel(ax: Any, arms: dict[str, list[TrialResult]], key: str, cued: int) -> None:
+    ks, stats = _k_curve(arms, key)
+    if ks:
+        ax.errorbar(ks, [100 * m for m, _ in stats], yerr=[100 * np.nan_to_num(h) for _, h in stats],
+                    marker="o", capsize=3, color="C0", label="top-k")  # fmt: skip
+        seeds = [(int(r.params["k"]), 100 * r.final[key]) for a, ts in arms.items()
+                 if a.startswith("topk") and not a.endswith("cold") for r in ts if key in r.final]  # fmt: skip
+        ax.scatter(*zip(*seeds, strict=True), s=8, color="C0", alpha=0.4, label="top-k, per seed")
+        ax.set_xticks(ks)
+    for i, arm in enumerate(a for a in arms if not a.startswith("topk") or a.endswith("cold")):
+        m, h = mean_ci([r.final[key] for r in arms[arm] if key in r.final])
+        if np.isfinite(m):
+            ax.axhline(100 * m, color=f"C{i + 1}", ls="--", lw=1, label=arm)
+            if np.isfinite(h):
+                ax.axhspan(100 * (m - h), 100 * (m + h), color=f"C{i + 1}", alpha=0.1)
+    ax.axvline(cued, color="gray", lw=0.8, ls=":")
+    ax.set_xlabel(f"k (slots read; k_true = {cued})")
 
 
 def _diff(j: Judged | None) -> str:
@@ -165,12 +177,40 @@ top-k 5-20, trained for 100+ epochs on a GPU.
 """
 
 
+def prediction(by_name: dict[str, Judged]) -> str:
+    """How often the prior's prediction came true: top-k shown to drop less than both dense
+    and soft attention, per setting and shift."""
+    cases = [name.removeprefix(f"{verdict.DROP}_dense") for name in by_name
+             if name.startswith(f"{verdict.DROP}_dense")]  # fmt: skip
+    def shown(name: str) -> bool:
+        return name in by_name and by_name[name].decision == Decision.B_BETTER
+
+    won = [c for c in cases if shown(f"{verdict.DROP}_dense{c}") and shown(f"{verdict.DROP}_soft{c}")]
+    return (f"The prior's prediction (the bottleneck drops less than dense and soft "
+            f"attention) is shown in {len(won)} of {len(cases)} settings x shifts.")
+
+
+def selection(groups: dict[tuple, dict[str, list[TrialResult]]]) -> str:
+    """Top-k at k_true's selection recall, in distribution and under each shift."""
+    parts = []
+    for setting, arms in groups.items():
+        cued = setting[verdict.SETTING.index("cued")]
+        trials = arms.get(f"topk{cued}", [])
+        if not trials:
+            continue
+        cells = [f"in distribution {_cell([r.final['test_sel_recall'] for r in trials])}"]
+        cells += [f"{s} {_cell([r.final[f'{ood(s)}_sel_recall'] for r in trials])}" for s in SHIFTS]
+        parts.append(f"{setting_text(setting)}: " + ", ".join(cells))
+    return "Top-k's selection recall of the cued slots (%): " + "; ".join(parts) + "."
+
+
 def evidence(results: list[TrialResult], judged: list[Judged], params: Any) -> Evidence:
     groups = grouped(results)
     by_name = {j.compare.name: j for j in judged}
     lines = [f"{name}: {_diff(j)} pp ({j.decision})" for name, j in by_name.items()
              if name.startswith(verdict.DROP + "_")]  # fmt: skip
-    summary = "Top-k minus baseline OOD drop (lower is better): " + "; ".join(lines) + "."
+    summary = (f"{prediction(by_name)} Top-k (k = k_true) minus baseline OOD drop (lower is "
+               f"better): " + "; ".join(lines) + f". {selection(groups)}")  # fmt: skip
     setting = (
         f"Setting: {params.scenes} training scenes, {params.epochs} epochs (top-k: "
         f"{params.warmup} of soft warm-up), batch {params.batch}, lr {params.lr:g}, width "
