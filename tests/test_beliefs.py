@@ -16,7 +16,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from netutil import http_json, served_app
-from reported import Reported
+from reported import Reported, judged
 
 from jobs.beliefs import evaluate, verdict
 from jobs.beliefs.arms import Arm, stage_result
@@ -24,7 +24,7 @@ from jobs.beliefs.encoder import SentenceEncoder, lower_states, pretrained
 from jobs.beliefs.study import BeliefsStudy, Params
 from jobs.beliefs.triplets import cooccurrence, opposite, triplets
 from jobs.beliefs.votes import AGREE, Votes, load_votes, split_propositions
-from skeptic.api import Compare, DataError, Decision, Judged, SpecError
+from skeptic.api import DataError, Decision, SpecError
 from skeptic.schema import Tag
 from skeptic.spec import load_spec
 
@@ -221,11 +221,6 @@ def test_a_trial_on_a_votes_file_reports_accuracy_dissonance_and_the_encoder(tmp
 # ---- the decision ------------------------------------------------------------------------------
 
 
-def _judged(decisions: dict[str, Decision]) -> dict[str, Judged]:
-    return {name: Judged(Compare(name, {"arm": "a"}, {"arm": "b"}), None, 1.0, 1.0, 0.05, d)
-            for name, d in decisions.items()}  # fmt: skip
-
-
 B, A, U, EQ = Decision.B_BETTER, Decision.A_BETTER, Decision.UNDECIDED, Decision.EQUIVALENT
 
 
@@ -238,9 +233,9 @@ B, A, U, EQ = Decision.B_BETTER, Decision.A_BETTER, Decision.UNDECIDED, Decision
     (U, EQ, U, U, None, "neither the frozen nor the fine-tuned"),
 ])  # fmt: skip
 def test_decide(tuned, level, group, frozen, held, says):
-    judged = _judged({verdict.TUNED: tuned, verdict.LEVEL: level, verdict.VS_GROUP: group,
-                      verdict.FROZEN_GROUP: frozen, verdict.DISSONANCE: B})  # fmt: skip
-    label, why = verdict.decide(judged)
+    comparisons = judged({verdict.TUNED: tuned, verdict.LEVEL: level, verdict.VS_GROUP: group,
+                           verdict.FROZEN_GROUP: frozen, verdict.DISSONANCE: B})  # fmt: skip
+    label, why = verdict.decide(comparisons)
     assert label is held and says in why and "dissonance claim: supported" in why
 
 

@@ -11,7 +11,7 @@ import torch
 from mlflow import MlflowClient
 from netutil import http_json, served_app
 from pydantic import ValidationError
-from reported import Reported
+from reported import Reported, judged
 from scipy import stats as sps
 
 from jobs.consciousness import endpoint, verdict
@@ -27,7 +27,7 @@ from jobs.consciousness.scenes import (
     target,
 )
 from jobs.consciousness.study import Params, model_config
-from skeptic.api import Compare, Decision, InvalidRequest, Judged
+from skeptic.api import Decision, InvalidRequest
 from skeptic.schema import Tag
 from skeptic.spec import load_spec
 from skeptic.study import get_study
@@ -184,11 +184,6 @@ def test_a_trial_reports_accuracy_drop_selection_and_its_model():
 # ---- the decision rule ---------------------------------------------------------------------------
 
 
-def _judged(decisions: dict[str, Decision]) -> dict[str, Judged]:
-    return {name: Judged(Compare(name, {"arm": "a"}, {"arm": "b"}), None, 1.0, 1.0, 0.05, d)
-            for name, d in decisions.items()}  # fmt: skip
-
-
 B, A, U, NI = Decision.B_BETTER, Decision.A_BETTER, Decision.UNDECIDED, Decision.NON_INFERIOR
 
 
@@ -203,7 +198,7 @@ def test_decide(drops, ids, chosen, held, says):
     names = {"drop_dense_classes": drops[0], "drop_soft_classes": drops[1],
              "id_dense": ids[0], "id_soft": ids[1],
              "ood_random_classes": chosen[0], "sel_random_classes": chosen[1]}  # fmt: skip
-    label, why = verdict.decide(_judged(names))
+    label, why = verdict.decide(judged(names))
     assert label is held and says in why
 
 

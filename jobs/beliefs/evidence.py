@@ -173,10 +173,7 @@ def paper_rows(groups: dict[str, list[TrialResult]], judged: list[Judged],
 
 
 def _diff(j: Judged | None) -> str:
-    if j is None or j.estimate is None:
-        return "not run"
-    e = j.estimate
-    return f"{100 * e.diff:+.2f} [{100 * e.ci_low:+.2f}, {100 * e.ci_high:+.2f}]"
+    return j.in_pp(2) if j is not None else "not run"
 
 
 def evidence(results: list[TrialResult], judged: list[Judged], params: Any) -> Evidence:

@@ -120,13 +120,6 @@ def _panel(ax: Any, arms: dict[str, list[TrialResult]], key: str, cued: int) -> 
     ax.set_xlabel(f"k (slots read; k_true = {cued})")
 
 
-def _diff(j: Judged | None) -> str:
-    if j is None or j.estimate is None:
-        return "not run"
-    e = j.estimate
-    return f"{100 * e.diff:+.1f} [{100 * e.ci_low:+.1f}, {100 * e.ci_high:+.1f}]"
-
-
 def paper_rows(judged: list[Judged]) -> list[dict[str, Any]]:
     rows = []
     for j in judged:
@@ -137,7 +130,7 @@ def paper_rows(judged: list[Judged]) -> list[dict[str, Any]]:
         rows.append({
             "quantity": f"OOD drop, top-k at k_true minus {name.split('_')[1]} (pp), {name.split('_', 2)[2]}",
             "paper": "< 0 (predicted: a sparse conscious state generalises better; no number)",
-            "ours": _diff(j), "direction agrees": agrees,
+            "ours": j.in_pp(), "direction agrees": agrees,
             "note": "paired by seed; lower is better",
         })  # fmt: skip
     rows.append({
@@ -207,7 +200,7 @@ def selection(groups: dict[tuple, dict[str, list[TrialResult]]]) -> str:
 def evidence(results: list[TrialResult], judged: list[Judged], params: Any) -> Evidence:
     groups = grouped(results)
     by_name = {j.compare.name: j for j in judged}
-    lines = [f"{name}: {_diff(j)} pp ({j.decision})" for name, j in by_name.items()
+    lines = [f"{name}: {j.in_pp()} pp ({j.decision})" for name, j in by_name.items()
              if name.startswith(verdict.DROP + "_")]  # fmt: skip
     summary = (f"{prediction(by_name)} Top-k (k = k_true) minus baseline OOD drop (lower is "
                f"better): " + "; ".join(lines) + f". {selection(groups)}")  # fmt: skip

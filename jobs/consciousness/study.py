@@ -45,7 +45,7 @@ from torch import nn
 
 from jobs.consciousness import endpoint, evidence, verdict
 from jobs.consciousness.evaluate import drop, measure, ood
-from jobs.consciousness.models import SceneNet, matched_hidden, parameters
+from jobs.consciousness.models import SceneNet, matched_hidden
 from jobs.consciousness.scenes import TASKS, WIDTH, splits
 from skeptic.api import (
     Compare,
@@ -202,12 +202,13 @@ class ConsciousnessStudy(Study):
             model.load_state_dict(ctx.state["model"])
             opt.load_state_dict(ctx.state["optimizer"])
         x, y = torch.as_tensor(sp.train.x, device=dev), torch.as_tensor(sp.train.y, device=dev)
+        size = float(sum(w.numel() for w in model.parameters()))
         for epoch in range(ctx.start_epoch, p.epochs):
             model.warming = p.select in ("topk", "workspace") and epoch < p.warmup
             with ctx.autocast():
                 loss, acc = train_epoch(model, opt, x, y, p.batch, epoch_generator(ctx.seed, epoch))
             model.warming = False
-            metrics = {"train_loss": loss, "train_acc": acc, "parameters": float(parameters(config))}
+            metrics = {"train_loss": loss, "train_acc": acc, "parameters": size}
             metrics |= measure(model, sp.val, "val", dev)
             if epoch == p.epochs - 1:
                 metrics |= measure(model, sp.test, "test", dev)

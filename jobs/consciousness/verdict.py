@@ -47,11 +47,16 @@ WHY_RANDOM = "the same number of slots read, chosen at random: isolates the lear
 WHY_SELECT = "the conscious state should hold the cued factors, also after the shift"
 
 
+def _train(spec: Any) -> dict[str, Any]:
+    """The spec's training parameters over Params' defaults."""
+    from jobs.consciousness.study import Params  # the study imports this module
+
+    return Params().model_dump() | dict(spec.train)
+
+
 def settings(spec: Any) -> list[dict[str, Any]]:
     """Every combination of the sweep's values of `SETTING` (the train value where not swept)."""
-    from jobs.consciousness.study import Params
-
-    base = Params().model_dump() | dict(spec.train)
+    base = _train(spec)
     values = {}
     for name in SETTING:
         dim = spec.sweep.space.get(name)
@@ -71,9 +76,7 @@ def _name(*parts: str) -> str:
 
 
 def comparisons(spec: Any) -> list[Compare]:
-    from jobs.consciousness.study import Params
-
-    warmup = (Params().model_dump() | dict(spec.train))["warmup"]
+    warmup = _train(spec)["warmup"]
     all_settings = settings(spec)
     varied = {n for n in SETTING if len({s[n] for s in all_settings}) > 1}
     out = []

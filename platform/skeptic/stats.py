@@ -128,6 +128,14 @@ class Judged:
     decision: Decision
     hint: str = ""  # for an undecided comparison: what would decide it
 
+    def in_pp(self, digits: int = 1) -> str:
+        """b - a and its 95% CI in percentage points, for a metric that is a fraction:
+        "+1.2 [+0.3, +2.1]"; "not run" without an estimate."""
+        e = self.estimate
+        if e is None:
+            return "not run"
+        return f"{100 * e.diff:+.{digits}f} [{100 * e.ci_low:+.{digits}f}, {100 * e.ci_high:+.{digits}f}]"
+
     def line(self) -> str:
         """One line for the report and the console."""
         c, e = self.compare, self.estimate
