@@ -21,6 +21,7 @@ from skeptic.stats import (
     judge,
     look_levels,
     mean_ci,
+    mean_ci_text,
     p_value,
     seeds_needed,
 )
@@ -203,3 +204,10 @@ def test_mean_ci_is_the_t_interval_over_the_finite_values():
     assert mean == 2.0 and half == pytest.approx(sps.t.ppf(0.975, 2) * 1.0 / math.sqrt(3))
     assert mean_ci([5.0])[0] == 5.0 and math.isnan(mean_ci([5.0])[1])
     assert all(math.isnan(v) for v in mean_ci([]))
+
+
+def test_mean_ci_text_is_the_same_interval_as_a_table_cell():
+    half = sps.t.ppf(0.975, 2) / math.sqrt(3)
+    assert mean_ci_text([0.1, 0.2, 0.3]) == f"20.0 +- {10 * half:.1f}"
+    assert mean_ci_text([1.0, 2.0, 3.0], scale=1, digits=2) == f"2.00 +- {half:.2f}"
+    assert mean_ci_text([0.5]) == "50.0" and mean_ci_text([float("nan")]) == ""

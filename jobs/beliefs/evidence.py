@@ -15,7 +15,7 @@ import numpy as np
 
 from jobs.beliefs import verdict
 from jobs.beliefs.evaluate import QUINTILES, SLOPE
-from skeptic.api import Evidence, Judged, TrialResult, mean_ci
+from skeptic.api import Evidence, Judged, TrialResult, mean_ci, mean_ci_text
 
 ORDER = ["oracle", "full", "top2", "top1", "head", "frozen", "user_majority", "group_majority",
          "random"]  # fmt: skip
@@ -69,21 +69,13 @@ def by_arm(results: list[TrialResult]) -> dict[str, list[TrialResult]]:
     return dict(sorted(out.items(), key=lambda kv: _rank(kv[0])))
 
 
-def _cell(values: list[float], pct: bool) -> str:
-    mean, half = mean_ci(values)
-    if not np.isfinite(mean):
-        return ""
-    k = 100 if pct else 1
-    return f"{k * mean:.2f} +- {k * half:.2f}" if np.isfinite(half) else f"{k * mean:.2f}"
-
-
 def table(groups: dict[str, list[TrialResult]]) -> list[dict[str, Any]]:
     rows = []
     for arm, trials in groups.items():
         row: dict[str, Any] = {"arm": arm, "seeds": len(trials)}
         for key in (*COLUMNS, *QUINTILE_KEYS):
             values = [r.final[key] for r in trials if key in r.final]
-            row[key + (" (pp)" if key != SLOPE else " (pp/quintile)")] = _cell(values, True)
+            row[key + (" (pp)" if key != SLOPE else " (pp/quintile)")] = mean_ci_text(values, digits=2)
         rows.append(row)
     return rows
 
@@ -125,7 +117,7 @@ def _figure_dissonance(groups: dict[str, list[TrialResult]]) -> Any:
 
 def _ours(groups: dict[str, list[TrialResult]], arm: str, key: str, pct: bool = True) -> str:
     values = [r.final[key] for r in groups.get(arm, []) if key in r.final]
-    return _cell(values, pct) if values else "not run"
+    return mean_ci_text(values, 100 if pct else 1, digits=2) if values else "not run"
 
 
 def paper_rows(groups: dict[str, list[TrialResult]], judged: list[Judged],

@@ -16,7 +16,7 @@ import numpy as np
 from jobs.consciousness import verdict
 from jobs.consciousness.evaluate import ood
 from jobs.consciousness.scenes import SHIFTS
-from skeptic.api import Decision, Evidence, Judged, TrialResult, mean_ci
+from skeptic.api import Decision, Evidence, Judged, TrialResult, mean_ci, mean_ci_text
 
 COLUMNS = ("val_acc", "test_acc", "test_sel_recall",
            *(f"{ood(s)}_{m}" for s in SHIFTS for m in ("acc", "drop", "sel_recall")))
@@ -49,13 +49,6 @@ def grouped(results: list[TrialResult]) -> dict[tuple, dict[str, list[TrialResul
     return {s: dict(sorted(arms.items(), key=lambda kv: rank(kv[0]))) for s, arms in sorted(out.items())}
 
 
-def _cell(values: list[float]) -> str:
-    mean, half = mean_ci(values)
-    if not np.isfinite(mean):
-        return ""
-    return f"{100 * mean:.1f} +- {100 * half:.1f}" if np.isfinite(half) else f"{100 * mean:.1f}"
-
-
 def table(groups: dict[tuple, dict[str, list[TrialResult]]]) -> list[dict[str, Any]]:
     rows = []
     for setting, arms in groups.items():
@@ -64,7 +57,7 @@ def table(groups: dict[tuple, dict[str, list[TrialResult]]]) -> list[dict[str, A
                                    "parameters": int(trials[0].final.get("parameters", 0))}  # fmt: skip
             for key in COLUMNS:
                 unit = "pp" if key.endswith("_drop") else "%"
-                row[f"{key} ({unit})"] = _cell([r.final[key] for r in trials if key in r.final])
+                row[f"{key} ({unit})"] = mean_ci_text([r.final[key] for r in trials if key in r.final])
             rows.append(row)
     return rows
 
@@ -191,8 +184,8 @@ def selection(groups: dict[tuple, dict[str, list[TrialResult]]]) -> str:
         trials = arms.get(f"topk{cued}", [])
         if not trials:
             continue
-        cells = [f"in distribution {_cell([r.final['test_sel_recall'] for r in trials])}"]
-        cells += [f"{s} {_cell([r.final[f'{ood(s)}_sel_recall'] for r in trials])}" for s in SHIFTS]
+        cells = [f"in distribution {mean_ci_text([r.final['test_sel_recall'] for r in trials])}"]
+        cells += [f"{s} {mean_ci_text([r.final[f'{ood(s)}_sel_recall'] for r in trials])}" for s in SHIFTS]
         parts.append(f"{setting_text(setting)}: " + ", ".join(cells))
     return "Top-k's selection recall of the cued slots (%): " + "; ".join(parts) + "."
 

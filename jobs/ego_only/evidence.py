@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from jobs.ego_only import verdict
-from skeptic.api import Evidence, Judged, TrialResult, mean_ci
+from skeptic.api import Evidence, Judged, TrialResult, mean_ci, mean_ci_text
 
 COLUMNS = ("val_f1_50", "test_f1_50", "test_f1_25", "test_edit", "test_frame_acc", "test_map")
 ORDER = ("scratch", "exo_sup", "exo_mae", "ego_mae", "exo_ego_mae")
@@ -40,13 +40,6 @@ def grouped(results: list[TrialResult]) -> dict[float, dict[str, list[TrialResul
     }
 
 
-def _cell(values: list[float]) -> str:
-    mean, half = mean_ci(values)
-    if not np.isfinite(mean):
-        return ""
-    return f"{100 * mean:.1f} +- {100 * half:.1f}" if np.isfinite(half) else f"{100 * mean:.1f}"
-
-
 def table(groups: dict[float, dict[str, list[TrialResult]]]) -> list[dict[str, Any]]:
     rows = []
     for fraction, arms in groups.items():
@@ -54,7 +47,7 @@ def table(groups: dict[float, dict[str, list[TrialResult]]]) -> list[dict[str, A
             row: dict[str, Any] = {"labelled": f"{100 * fraction:g}%", "arm": arm, "seeds": len(trials),
                                    "clips": int(trials[0].final.get("labelled_clips", 0))}  # fmt: skip
             for key in COLUMNS:
-                row[f"{key} (%)"] = _cell([r.final[key] for r in trials if key in r.final])
+                row[f"{key} (%)"] = mean_ci_text([r.final[key] for r in trials if key in r.final])
             losses = [(r.final["pretrain_loss_first"], r.final["pretrain_loss_last"])
                       for r in trials if "pretrain_loss_last" in r.final]  # fmt: skip
             row["pretrain loss (first -> last epoch)"] = (

@@ -11,7 +11,7 @@ from skeptic.contexts import OneProcess, StageContext, TrialContext
 from skeptic.data import DataError, DataPlan
 from skeptic.schema import Outcome
 from skeptic.spec import Spec, SpecError, grid_points, sweep_params
-from skeptic.stats import Compare, Decision, Judged, Question, mean_ci, summarize
+from skeptic.stats import Compare, Decision, Judged, Question, mean_ci, mean_ci_text, summarize
 from skeptic.study import (
     Endpoint,
     Evidence,
@@ -45,6 +45,7 @@ __all__ = [
     "TrialResult",
     "grid_points",
     "mean_ci",
+    "mean_ci_text",
     "register_study",
     "summarize",
     "sweep_params",

@@ -406,3 +406,13 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
         return float(arr.mean()), float("nan")
     half = sps.t.ppf(0.975, len(arr) - 1) * arr.std(ddof=1) / np.sqrt(len(arr))
     return float(arr.mean()), float(half)
+
+
+def mean_ci_text(values: list[float], scale: float = 100, digits: int = 1) -> str:
+    """`mean_ci` as a table cell, both numbers times `scale` (100: a fraction in %):
+    "52.3 +- 4.1", the mean alone below two values, "" without any."""
+    mean, half = mean_ci(values)
+    if not np.isfinite(mean):
+        return ""
+    text = f"{scale * mean:.{digits}f}"
+    return f"{text} +- {scale * half:.{digits}f}" if np.isfinite(half) else text
