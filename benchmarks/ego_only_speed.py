@@ -11,7 +11,8 @@ GPU-hours estimate would use.
 
     .venv/bin/python benchmarks/ego_only_speed.py [--batch 64] [--steps 10] [--threads 1 2]
 
-Measured on this 2-core machine (other work idle), batch 64: see docs/results/ego_only/README.md.
+Measured on this 2-core machine, batch 64: MAE step 0.227 s, fine-tuning step 0.293 s on one
+thread (0.78x); 0.151 s and 0.217 s on two (0.70x).
 """
 
 from __future__ import annotations

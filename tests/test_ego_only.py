@@ -248,7 +248,7 @@ def test_long_clips_are_read_in_windows_whose_overlap_is_averaged(segmenter):
 @pytest.mark.parametrize(("request_", "says"), [
     ({"frames": clip(8).tolist()}, "frames: this model reads clips of at least 16 frames, got 8"),
     ({"frames": [clip(16)[0].tolist(), clip(16)[0][:5].tolist()] * 8}, "frames: every frame"),
-    ({"frames": np.zeros((16, 300, 300, 3), np.uint8).tolist()}, "frames: sides of at most 256"),
+    ({"frames": np.zeros((1, 257, 8, 3), np.uint8).tolist()}, "frames: sides of at most 256"),
     ({"frames": clip(16)[..., :2].tolist()}, "frames: a T x H x W x 3 array"),
     ({"video": "not base64!"}, "video: not base64"),
     ({"video": base64.b64encode(b"GIF89a garbage").decode()}, "video: not a readable .gif"),
@@ -263,6 +263,7 @@ def test_a_clip_the_model_cannot_take_is_an_invalid_request(segmenter, request_,
     ({"frames": clip(16).tolist(), "video": "AAAA"}, "exactly one"),
     ({"frames": (clip(16).astype(int) + 300).tolist()}, "less than or equal to 255"),
     ({"frames": clip(16).tolist(), "k": 3}, "Extra inputs"),
+    ({"frames": np.zeros((513, 1, 1, 3), np.uint8).tolist()}, "at most 512 items"),
 ])  # fmt: skip
 def test_the_request_schema_names_the_bad_field(body, says):
     with pytest.raises(ValidationError, match=says):

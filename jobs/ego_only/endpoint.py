@@ -125,12 +125,12 @@ def _fit(x: np.ndarray, config: dict[str, Any]) -> np.ndarray:
     """Check the clip's length and size; resize its frames to the model's."""
     t, h, w, _ = x.shape
     window, side = config["frames"], config["size"]
+    if max(h, w) > MAX_SIDE:
+        raise InvalidRequest(f"frames: sides of at most {MAX_SIDE} pixels, got {h} x {w}")
     if t < window:
         raise InvalidRequest(f"frames: this model reads clips of at least {window} frames, got {t}")
     if t > MAX_FRAMES:
         raise InvalidRequest(f"frames: at most {MAX_FRAMES} frames a request, got {t}")
-    if max(h, w) > MAX_SIDE:
-        raise InvalidRequest(f"frames: sides of at most {MAX_SIDE} pixels, got {h} x {w}")
     if (h, w) == (side, side):
         return x
     return np.stack([cv2.resize(f, (side, side), interpolation=cv2.INTER_AREA) for f in x])
