@@ -206,10 +206,10 @@ def test_comparisons_cover_every_setting_at_k_true():
     study = get_study("consciousness")
     default = load_spec(study.name, study.defaults, Params)
     per_setting = 2 + 2 * 4  # id vs dense and soft; per shift: drop x2, random, selection
-    assert len(verdict.comparisons(default)) == 2 * per_setting  # two tasks
+    assert len(study.comparisons(default)) == 2 * per_setting  # two tasks
     scaling = load_spec(study.name, study.defaults, Params,
                         preset=("scaling", study.presets["scaling"].spec))  # fmt: skip
-    named = {c.name: c for c in verdict.comparisons(scaling)}
+    named = {c.name: c for c in study.comparisons(scaling)}
     assert len(named) == 3 * 2 * per_setting  # slots x cued (one task)
     c = named["drop_soft_n8_k3_inverted"]
     assert c.b == {"select": "topk", "k": 3, "warmup": 3, "task": "sum", "slots": 8, "cued": 3}

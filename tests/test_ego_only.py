@@ -84,7 +84,7 @@ def test_the_segmenter_labels_every_frame():
 
 
 def test_a_smaller_labelled_fraction_is_a_subset_of_a_larger_one():
-    train = ego_clips(Sizes(100, 16, 32), 0, {}, "train")
+    (train,) = ego_clips(Sizes(100, 16, 32), 0, {}, "train")
     few, more = labelled(train, 0.05, seed=3), labelled(train, 0.2, seed=3)
     assert (len(few), len(more)) == (5, 20)
     assert {c.tobytes() for c in few.x} <= {c.tobytes() for c in more.x}
@@ -94,7 +94,7 @@ def test_a_smaller_labelled_fraction_is_a_subset_of_a_larger_one():
 
 def test_the_test_clips_show_backgrounds_no_training_clip_shows():
     s = Sizes(40, 16, 32)
-    parts = {p: ego_clips(s, 0, {}, p) for p in ("train", "val", "test")}
+    parts = dict(zip(("train", "val", "test"), ego_clips(s, 0, {}, "train", "val", "test")))
     assert [len(parts[p]) for p in ("train", "val", "test")] == [40, s.val, s.test]
     assert not np.array_equal(parts["val"].x[0], parts["train"].x[0])
 
@@ -194,14 +194,14 @@ def test_decide_says_when_the_answer_depends_on_the_labels():
 
 def test_comparisons_cover_every_fraction_and_only_the_arms_swept():
     study = get_study("ego_only")
-    named = {c.name: c for c in verdict.comparisons(load_spec(study.name, study.defaults, Params))}
+    named = {c.name: c for c in study.comparisons(load_spec(study.name, study.defaults, Params))}
     assert len(named) == 2 * (2 * 3 + 1)  # per fraction: ni + sup per exo arm, scratch
     c = named["ni_exo_ego_mae_l2"]
     assert c.a == {"exo": "mae", "ego_mae": True, "labelled": 0.02}
     assert c.b == {"exo": "none", "ego_mae": True, "labelled": 0.02}
     assert c.question == "non_inferiority" and c.margin == verdict.MARGIN
     smoke = load_spec(study.name, study.defaults, Params, smoke=study.smoke)
-    assert sorted(c.name for c in verdict.comparisons(smoke)) == [
+    assert sorted(c.name for c in study.comparisons(smoke)) == [
         "ni_exo_mae_l25", "scratch_l25", "sup_exo_mae_l25"]  # fmt: skip
 
 

@@ -252,7 +252,7 @@ class ConsciousnessStudy(Study):
     # ---- the verdict (verdict.py) and the report (evidence.py) ---------------------------
 
     def comparisons(self, spec: Any) -> list[Compare]:
-        return verdict.comparisons(spec)
+        return verdict.comparisons(spec, Params(**spec.train))
 
     def decide(self, judged: Mapping[str, Judged]) -> tuple[bool | None, str]:
         return verdict.decide(judged)

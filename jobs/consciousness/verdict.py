@@ -30,6 +30,8 @@ from collections.abc import Mapping
 from itertools import product
 from typing import Any
 
+from pydantic import BaseModel
+
 from jobs.consciousness.evaluate import drop, ood
 from jobs.consciousness.scenes import SHIFTS
 from skeptic.api import Compare, Decision, Judged, Question
@@ -47,20 +49,13 @@ WHY_RANDOM = "the same number of slots read, chosen at random: isolates the lear
 WHY_SELECT = "the conscious state should hold the cued factors, also after the shift"
 
 
-def _train(spec: Any) -> dict[str, Any]:
-    """The spec's training parameters over Params' defaults."""
-    from jobs.consciousness.study import Params  # the study imports this module
-
-    return Params().model_dump() | dict(spec.train)
-
-
-def settings(spec: Any) -> list[dict[str, Any]]:
-    """Every combination of the sweep's values of `SETTING` (the train value where not swept)."""
-    base = _train(spec)
+def settings(spec: Any, train: BaseModel) -> list[dict[str, Any]]:
+    """Every combination of the sweep's values of `SETTING` (the `train` value where not
+    swept; `train`: the spec's training parameters, the study's Params)."""
     values = {}
     for name in SETTING:
         dim = spec.sweep.space.get(name)
-        values[name] = list(dim.grid or dim.choice) if dim is not None else [base[name]]
+        values[name] = list(dim.grid or dim.choice) if dim is not None else [getattr(train, name)]
     return [dict(zip(SETTING, combo, strict=True)) for combo in product(*values.values())]
 
 
@@ -75,9 +70,9 @@ def _name(*parts: str) -> str:
     return "_".join(p for p in parts if p)
 
 
-def comparisons(spec: Any) -> list[Compare]:
-    warmup = _train(spec)["warmup"]
-    all_settings = settings(spec)
+def comparisons(spec: Any, train: BaseModel) -> list[Compare]:
+    warmup = train.warmup
+    all_settings = settings(spec, train)
     varied = {n for n in SETTING if len({s[n] for s in all_settings}) > 1}
     out = []
     for s in all_settings:

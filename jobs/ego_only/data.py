@@ -49,15 +49,23 @@ def _folder_split(ego: Clips, seed: int) -> dict[str, np.ndarray]:
     return {"train": train, "val": np.sort(val), "test": np.sort(test)}
 
 
-def ego_clips(s: Sizes, seed: int, data: dict[str, Any], part: str) -> Clips:
-    """The egocentric clips of `part` (train, val or test) for this seed."""
+def ego_clips(s: Sizes, seed: int, data: dict[str, Any], *parts: str) -> list[Clips]:
+    """The egocentric clips of each of `parts` (train, val, test) for this seed; training
+    and validation clips are generated in one go, as one draw."""
     if "folder" in data:
         ego = data["folder"]["ego"]
-        return ego.subset(_folder_split(ego, data["split_seed"])[part])
-    if part == "test":
-        return _make("ego", s.test, s, seed, pool="test")
-    both = _make("ego", s.clips + s.val, s, seed)
-    return both.subset(np.arange(s.clips) if part == "train" else np.arange(s.clips, len(both)))
+        split = _folder_split(ego, data["split_seed"])
+        return [ego.subset(split[part]) for part in parts]
+    made = {}
+    if {"train", "val"} & set(parts):
+        both = _make("ego", s.clips + s.val, s, seed)
+        made["train"], made["val"] = (
+            both.subset(np.arange(s.clips)),
+            both.subset(np.arange(s.clips, len(both))),
+        )
+    if "test" in parts:
+        made["test"] = _make("ego", s.test, s, seed, pool="test")
+    return [made[part] for part in parts]
 
 
 def exo_clips(s: Sizes, seed: int, data: dict[str, Any]) -> Clips:

@@ -98,11 +98,9 @@ class MAE(nn.Module):
     error of the normalised pixels of the masked tubelets (MAE's norm_pix_loss)."""
 
     def __init__(self, encoder: VideoViT, mask_ratio: float, masking: str = "tube",
-                 norm_pix: bool = True, decoder_dim: int = 64, decoder_depth: int = 1,
-                 decoder_heads: int = 4) -> None:  # fmt: skip
+                 decoder_dim: int = 64, decoder_depth: int = 1, decoder_heads: int = 4) -> None:  # fmt: skip
         super().__init__()
         self.encoder, self.mask_ratio, self.masking = encoder, mask_ratio, masking
-        self.norm_pix = norm_pix
         config = encoder.config
         steps, places = grid(config)
         self.to_decoder = nn.Linear(config["dim"], decoder_dim)
@@ -132,12 +130,9 @@ class MAE(nn.Module):
             y = block(y)
         pred = self.predict(self.norm(y))
         target = patchify(frames, self.encoder.config).reshape(b, steps * places, -1)
-        if self.norm_pix:
-            target = (target - target.mean(-1, keepdim=True)) / (
-                target.var(-1, keepdim=True) + 1e-6
-            ).sqrt()
-        else:
-            target = (target - MEAN) / STD
+        target = (target - target.mean(-1, keepdim=True)) / (
+            target.var(-1, keepdim=True) + 1e-6
+        ).sqrt()
         masked = torch.ones(b, steps * places, device=x.device).scatter_(1, keep, 0.0)
         error = ((pred - target) ** 2).mean(-1)
         return (error * masked).sum() / masked.sum()

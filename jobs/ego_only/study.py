@@ -144,12 +144,20 @@ def sizes(p: Params) -> Sizes:
     return Sizes(p.clips, p.frames, p.size)
 
 
+def _pretraining(upstream: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The result of the last stage that trained the encoder (ego, else exo), if any."""
+    return upstream.get("ego") or upstream.get("exo") or None
+
+
 def pretrained(upstream: Mapping[str, Any]) -> dict[str, torch.Tensor] | None:
     """The encoder weights the trial starts from: the last stage that trained one."""
-    for stage in ("ego", "exo"):
-        if upstream.get(stage):
-            return upstream[stage]["encoder"]
-    return None
+    result = _pretraining(upstream)
+    return result["encoder"] if result else None
+
+
+def _trains(stage: str, p: Params) -> bool:
+    """Whether this arm's `stage` trains anything (an arm may skip a stage)."""
+    return p.exo != "none" if stage == "exo" else p.ego_mae
 
 
 def _state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -232,8 +240,7 @@ class EgoOnlyStudy(Study):
 
     def run_stage(self, stage: str, ctx: StageContext) -> dict[str, Any]:
         p = Params(**ctx.config)
-        wanted = p.exo != "none" if stage == "exo" else p.ego_mae
-        if not wanted:
+        if not _trains(stage, p):
             return {}  # this arm skips the stage: nothing to train or store
         encoder = VideoViT(encoder_config(p)).to(ctx.device)
         mae = MAE(encoder, p.mask_ratio).to(ctx.device)
@@ -242,7 +249,7 @@ class EgoOnlyStudy(Study):
             mae.load_state_dict(before["mae"])  # continue exo MAE, decoder included
         args = (p.pretrain_epochs, p.batch, p.pretrain_lr, ctx.seed, ctx.log)
         if stage == "ego":
-            clips = ego_clips(sizes(p), ctx.seed, ctx.data, "train")
+            (clips,) = ego_clips(sizes(p), ctx.seed, ctx.data, "train")
             losses = pretrain_mae(mae, torch.from_numpy(clips.x), *args)
         else:
             clips = exo_clips(sizes(p), ctx.seed, ctx.data)
@@ -257,8 +264,7 @@ class EgoOnlyStudy(Study):
 
     def stage_work(self, stage: str, config: dict[str, Any], train_images: int) -> float:
         p = Params(**config)
-        wanted = p.exo != "none" if stage == "exo" else p.ego_mae
-        return float(p.pretrain_epochs * p.clips) if wanted else 0.0
+        return float(p.pretrain_epochs * p.clips) if _trains(stage, p) else 0.0
 
     # ---- one trial: fine-tune for per-frame segmentation ---------------------------------
 
@@ -274,8 +280,8 @@ class EgoOnlyStudy(Study):
             model.load_state_dict(ctx.state["model"])
             opt.load_state_dict(ctx.state["optimizer"])
             sched.load_state_dict(ctx.state["scheduler"])
-        train = labelled(ego_clips(s, ctx.seed, ctx.data, "train"), p.labelled, ctx.seed)
-        val, test = (ego_clips(s, ctx.seed, ctx.data, part) for part in ("val", "test"))
+        pool, val, test = ego_clips(s, ctx.seed, ctx.data, "train", "val", "test")
+        train = labelled(pool, p.labelled, ctx.seed)
         x, y = torch.from_numpy(train.x), torch.from_numpy(train.y)
         fixed = {"labelled_clips": float(len(train)), "parameters": float(parameters(model))}
         fixed |= pretraining_losses(ctx.upstream)
@@ -321,7 +327,7 @@ class EgoOnlyStudy(Study):
     # ---- the verdict (verdict.py) and the report (evidence.py) ---------------------------
 
     def comparisons(self, spec: Any) -> list[Compare]:
-        return verdict.comparisons(spec)
+        return verdict.comparisons(spec, Params(**spec.train))
 
     def decide(self, judged: Mapping[str, Judged]) -> tuple[bool | None, str]:
         return verdict.decide(judged)
@@ -339,11 +345,7 @@ def scores(model: Segmenter, clips: Any, split: str, min_len: int) -> dict[str, 
 def pretraining_losses(upstream: Mapping[str, Any]) -> dict[str, float]:
     """The first and last epoch's pretraining loss of the stage the encoder came from (a
     sanity check: did the MAE learn?)."""
-    for stage in ("ego", "exo"):
-        losses = (upstream.get(stage) or {}).get("losses")
-        if losses:
-            return {
-                "pretrain_loss_first": float(losses[0]),
-                "pretrain_loss_last": float(losses[-1]),
-            }
-    return {}
+    losses = (_pretraining(upstream) or {}).get("losses")
+    if not losses:
+        return {}
+    return {"pretrain_loss_first": float(losses[0]), "pretrain_loss_last": float(losses[-1])}

@@ -26,6 +26,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import BaseModel
+
 from skeptic.api import Compare, Decision, Judged, Question
 
 MARGIN = 0.03  # test segment F1@0.5
@@ -46,20 +48,16 @@ WHY_SUP = "Ego-Only's claim: in-domain self-supervision beats exocentric transfe
 WHY_SCRATCH = "in-domain pretraining must beat training the same network from scratch"
 
 
-def _train(spec: Any) -> dict[str, Any]:
-    from jobs.ego_only.study import Params  # the study imports this module
-
-    return Params().model_dump() | dict(spec.train)
-
-
-def fractions(spec: Any) -> list[float]:
+def fractions(spec: Any, train: BaseModel) -> list[float]:
+    """The sweep's labelled fractions (`train`'s where not swept; `train`: the spec's
+    training parameters, the study's Params)."""
     dim = spec.sweep.space.get("labelled")
-    return sorted(dim.grid or dim.choice) if dim is not None else [_train(spec)["labelled"]]
+    return sorted(dim.grid or dim.choice) if dim is not None else [train.labelled]
 
 
-def _present(spec: Any, values: Mapping[str, Any]) -> bool:
+def _present(spec: Any, train: BaseModel, values: Mapping[str, Any]) -> bool:
     """Whether an arm of the sweep trains these (pretraining) values."""
-    base = _train(spec)
+    base = train.model_dump()
     return any(all((base | dict(arm))[k] == v for k, v in values.items())
                for arm in spec.sweep.arms.values())  # fmt: skip
 
@@ -68,13 +66,13 @@ def tag(fraction: float) -> str:
     return f"l{100 * fraction:g}".replace(".", "p")
 
 
-def comparisons(spec: Any) -> list[Compare]:
+def comparisons(spec: Any, train: BaseModel) -> list[Compare]:
     out = []
-    for fraction in fractions(spec):
+    for fraction in fractions(spec, train):
         at = {"labelled": fraction}
         ego, t = EGO | at, tag(fraction)
         for name, arm in EXO_ARMS.items():
-            if not _present(spec, arm):
+            if not _present(spec, train, arm):
                 continue
             out += [
                 Compare(
@@ -82,7 +80,7 @@ def comparisons(spec: Any) -> list[Compare]:
                 ),
                 Compare(f"{SUP}_{name}_{t}", arm | at, ego, why=WHY_SUP),
             ]
-        if _present(spec, SCRATCH):
+        if _present(spec, train, SCRATCH):
             out.append(Compare(f"{VS_SCRATCH}_{t}", SCRATCH | at, ego, why=WHY_SCRATCH))
     return out
 
