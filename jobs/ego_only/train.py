@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from jobs.ego_only.models import MAE, Segmenter, VideoViT
-from skeptic.training import epoch_generator, optimizer_step
+from skeptic.training import epoch_generator, optimizer_step, shuffled_batches
 
 BETAS, WEIGHT_DECAY, WARMUP = (0.9, 0.95), 0.05, 0.1
 CLIP_NORM = 1.0
@@ -67,9 +67,8 @@ def pretrain(loss_of: Callable[[torch.Tensor, torch.Tensor, torch.Generator], to
     losses = []
     for epoch in range(epochs):
         gen = epoch_generator(seed, epoch)
-        order = torch.randperm(len(x), generator=gen)[: per_epoch * batch]
         total = 0.0
-        for idx in order.split(batch):
+        for idx in shuffled_batches(len(x), batch, gen, drop_last=len(x) >= batch):
             loss = loss_of(idx, as_frames(x[idx], device), gen)
             optimizer_step(opt, loss, CLIP_NORM, sched)
             total += loss.item()
