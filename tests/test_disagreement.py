@@ -70,9 +70,10 @@ def test_each_lexicon_loads_from_its_package_offline(name, monkeypatch):
 
 def test_the_shipped_corpus_is_balanced_and_tagged():
     c = corpus.load()
-    assert len(c.topics) == 30 and len(c) == 360
-    assert np.bincount(c.relation).tolist() == [120, 120, 120]
-    assert np.bincount(c.side).tolist() == [180, 180]
+    n = len(c.topics)
+    assert n >= 100 and len(c) == 12 * n  # 2 sides x 3 relations x 2 wordings
+    assert np.bincount(c.relation).tolist() == [4 * n] * 3
+    assert np.bincount(c.side).tolist() == [6 * n] * 2
     assert set(c.form[c.relation == 2]) == set(corpus.FORMS) and set(c.form[c.relation != 2]) == {
         ""
     }
@@ -89,8 +90,10 @@ def test_topic_removal_leaves_no_topic_term():
         assert all(pattern.search(t) for t in texts), entry["topic"]  # each names its topic
         for t in texts:
             assert not pattern.search(corpus.remove_topic(t, entry["terms"]).replace("it", "")), t
-    assert corpus.remove_topic("Nuclear power plants: nuclear is safe.", ["nuclear", "nuclear power"]) \
-        == "it plants: it is safe."  # fmt: skip
+    masked = corpus.remove_topic(
+        "Nuclear power plants: nuclear is safe.", ["nuclear", "nuclear power"]
+    )
+    assert masked == "it plants: it is safe."  # the longest term first
 
 
 def test_folds_are_disjoint_and_cover_every_test_topic():
@@ -148,9 +151,9 @@ def test_auc_and_spearman_agree_with_scipy():
     assert np.isnan(evaluate.auc(scores[relation == 2], relation[relation == 2]))
 
 
-def _world(alpha: float, noise: float, seed: int, posts: int = 20_000):
+def _world(alpha: float, noise: float, seed: int, displaced: str = "both", posts: int = 20_000):
     relation = np.repeat([0, 1, 2], 10)
-    return simulate.simulate(alpha, noise, 48, posts, np.arange(30), relation, seed)
+    return simulate.simulate(alpha, noise, 48, posts, np.arange(30), relation, seed, 0, displaced)
 
 
 def test_at_alpha_one_the_count_tracks_the_effect_up_to_sampling_noise():
@@ -175,6 +178,20 @@ def test_the_effect_follows_alpha_and_shows_in_disagreement():
     np.testing.assert_array_equal(same.post, _world(0.3, 0.5, 7).post)
 
 
+@pytest.mark.parametrize("displaced, fixed", [("agree", 1), ("neutral", 0), ("both", None)])
+def test_disagreement_displaces_what_the_structure_says(displaced, fixed):
+    w = _world(0.0, 0.0, 2, displaced)
+    share = np.stack([(w.relation == r).mean(axis=1) for r in range(3)])  # relation x period
+    assert evaluate.rho(share[2], w.effect) > 0.97
+    moved = [r for r in (0, 1) if r != fixed]
+    for r in moved:  # what disagreement displaces falls as the effect rises
+        assert evaluate.rho(share[r], w.effect) < -0.9
+    if fixed is not None:  # the other stays a third
+        np.testing.assert_allclose(share[fixed], 1 / 3, atol=0.02)
+    zero = simulate.shares(np.zeros(1), displaced)
+    np.testing.assert_allclose([zero[0][0], zero[1][0]], [1 / 3, 1 / 3])
+
+
 # ---- parameters, spec and the decision rule -----------------------------------------------------
 
 
@@ -183,7 +200,10 @@ def test_the_effect_follows_alpha_and_shows_in_disagreement():
     [({"part": "validity", "measure": "count"}, "measure"),
      ({"part": "validity", "alpha": 0.5}, "alpha"),
      ({"part": "simulation", "alpha": 0.5}, "noise"),
-     ({"part": "simulation", "alpha": 0.5, "noise": 1, "text": "removed"}, "text"),
+     ({"part": "simulation", "alpha": 0.5, "noise": 1}, "displaced"),
+     ({"part": "validity", "displaced": "both"}, "displaced"),
+     ({"part": "simulation", "alpha": 0.5, "noise": 1, "displaced": "agree", "text": "removed"},
+      "text"),
      ({"alpha": 2.0}, "alpha")],
 )  # fmt: skip
 def test_params_name_the_field_that_does_not_fit(values, field):
@@ -204,21 +224,22 @@ def test_comparisons_cover_each_lexicon_and_each_cell():
     for m in LEXICONS:
         assert {f"chance_{m}", f"flat_{m}", f"emb_{m}", f"removed_{m}"} <= names
         for alpha in (0, 0.25, 0.5, 0.75, 1):
-            assert f"rho_{m}_{verdict.tag(alpha, 1.5)}" in names
+            for displaced in simulate.DISPLACED:
+                assert f"rho_{m}_{verdict.tag(alpha, 1.5, displaced)}" in names
     deciding = {c.name: c.deciding for c in get_study("disagreement").comparisons(spec)}
-    assert not deciding["rho_vader_a1_n0p5"] and deciding["rho_vader_a0p75_n0p5"]
+    assert not deciding["rho_vader_a1_n0p5_both"] and deciding["rho_vader_a0p75_n0p5_agree"]
     assert not deciding["chance_stance"] and deciding["chance_vader"]
 
 
 def _sim(measure: str, alpha: float, noise: float, decision: Decision) -> tuple:
-    return f"rho_{measure}_{verdict.tag(alpha, noise)}", alpha, noise, measure, decision
+    return f"rho_{measure}_{verdict.tag(alpha, noise, 'both')}", alpha, noise, measure, decision
 
 
 def _judged(part1: dict[str, Decision], part2: list[tuple]) -> dict:
     out = judged(part1)
     for name, alpha, noise, measure, decision in part2:
         j = judged({name: decision})[name]
-        cell = {"part": "simulation", "alpha": alpha, "noise": noise}
+        cell = {"part": "simulation", "alpha": alpha, "noise": noise, "displaced": "both"}
         compare = type(j.compare)(name, cell | {"measure": "count"}, cell | {"measure": measure})
         out[name] = type(j)(compare, None, 1.0, 1.0, 0.05, decision)
     return out
@@ -277,8 +298,9 @@ def test_a_validity_trial_reports_auc_per_fold_and_the_champion_checkpoint(data)
 def test_a_simulation_trial_pairs_its_measures_on_one_world(data):
     runs = {}
     for m in ("count", "vader"):
-        ctx = Reported(params=Params(part="simulation", measure=m, alpha=1.0, noise=0.5,
-                                     periods=12, posts=300), data=data, seed=4)  # fmt: skip
+        p = Params(part="simulation", measure=m, alpha=1.0, noise=0.5, displaced="both",
+                   periods=12, posts=300)  # fmt: skip
+        ctx = Reported(params=p, data=data, seed=4)
         get_study("disagreement").train(ctx)
         runs[m] = ctx.reports[0][0]
     assert runs["count"]["test_rho_count"] == pytest.approx(1.0)

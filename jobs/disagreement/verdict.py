@@ -13,9 +13,10 @@ and, reported beside them (not deciding): the same for the stance distance and t
 combined scorer (`chance_stance`, `removed_stance`, ...).
 
 Part 2, the simulation (Spearman rho of each period's measure with the latent effect):
-- `rho_<m>_a<alpha>_n<noise>` (superiority): disagreement measure m against the
-  misinformation count, at each alpha < 1 and noise of the sweep (alpha = 1 is reported,
-  not deciding: there the count should win, a check of the simulation).
+- `rho_<m>_a<alpha>_n<noise>_<displaced>` (superiority): disagreement measure m against
+  the misinformation count, at each alpha < 1, noise and structure (what disagreement
+  displaces) of the sweep (alpha = 1 is reported, not deciding: there the count should win,
+  a check of the simulation).
 
 The label is about the belief (misinformation effects are best measured by counting
 misinformation). Part 1 "overturned": some lexicon index beats chance and keeps its AUC
@@ -81,8 +82,8 @@ def grid(spec: Any, train: BaseModel, name: str) -> list[float]:
     return sorted(dim.grid or dim.choice) if dim is not None else [getattr(train, name)]
 
 
-def tag(alpha: float, noise: float) -> str:
-    return f"a{alpha:g}_n{noise:g}".replace(".", "p")
+def tag(alpha: float, noise: float, displaced: str) -> str:
+    return f"a{alpha:g}_n{noise:g}_{displaced}".replace(".", "p")
 
 
 def _removed_measures(spec: Any, train: BaseModel) -> set[str]:
@@ -121,12 +122,14 @@ def simulation_comparisons(spec: Any, train: BaseModel) -> list[Compare]:
     if COUNT not in arm_values(spec, train, "simulation", "measure"):
         return []
     out = []
-    for alpha, noise in product(grid(spec, train, "alpha"), grid(spec, train, "noise")):
-        cell = {"part": "simulation", "alpha": alpha, "noise": noise}
+    cells = product(*(grid(spec, train, name) for name in ("alpha", "noise", "displaced")))
+    for alpha, noise, displaced in cells:
+        cell = {"part": "simulation", "alpha": alpha, "noise": noise, "displaced": displaced}
         check = alpha >= 1
         for m in measures:
-            out.append(Compare(f"{RHO}_{m}_{tag(alpha, noise)}", cell | {"measure": COUNT},
-                               cell | {"measure": m}, metric="test_rho",
+            name = f"{RHO}_{m}_{tag(alpha, noise, displaced)}"
+            out.append(Compare(name, cell | {"measure": COUNT}, cell | {"measure": m},
+                               metric="test_rho",
                                why=WHY_RHO_CHECK if check else WHY_RHO,
                                deciding=not check))  # fmt: skip
     return out
@@ -164,7 +167,9 @@ def _cells(judged: Mapping[str, Judged]) -> dict[str, dict[str, Decision]]:
     for name, j in judged.items():
         b = j.compare.b
         if name.startswith(RHO + "_") and b["measure"] in LEXICONS and b["alpha"] <= HALF:
-            cells.setdefault(tag(b["alpha"], b["noise"]), {})[b["measure"]] = j.decision
+            cells.setdefault(tag(b["alpha"], b["noise"], b["displaced"]), {})[b["measure"]] = (
+                j.decision
+            )
     return cells
 
 
