@@ -58,11 +58,9 @@ class Progress(Callback):
         running = sum(t.status == "RUNNING" for t in trials)
         pending = self.total - done - failed - running
         elapsed = time.monotonic() - self.start
-        partial = sum(
-            v
-            for k, v in self.progress.items()
-            if any(t.trial_id == k and t.status == "RUNNING" for t in trials)
-        )
+        # one pass over the trials: a line per ended trial must not cost trials x trials
+        running_ids = {t.trial_id for t in trials if t.status == "RUNNING"}
+        partial = sum(v for k, v in self.progress.items() if k in running_ids)
         fraction = (done + failed + partial) / max(self.total, 1)
         # a look's last trials can count past its total: never a negative time left
         eta = _clock(max(elapsed / fraction - elapsed, 0.0)) if fraction > 0.02 else "?"
@@ -93,7 +91,10 @@ class Progress(Callback):
         self._print(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self.ended = (self.ended or set()) | {trial.trial_id}
+        if self.ended is None:
+            self.ended = set()
+        self.ended.add(trial.trial_id)
+        self.progress.pop(trial.trial_id, None)  # an ended trial counts as done, not partial
         self._print(trials, force=not self.tty)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
