@@ -78,6 +78,7 @@ def test_the_shipped_corpus_is_balanced_and_tagged():
         ""
     }
     assert (c.wording[1::2] == 1).all()  # each paraphrase follows its reply
+    assert corpus.load(corpus.SHIPPED, 5).topics == c.topics[:5]  # data.size caps the topics
 
 
 def test_topic_removal_leaves_no_topic_term():

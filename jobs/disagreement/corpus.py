@@ -18,7 +18,7 @@ them (whole words, case-insensitive, longest first) with "it", which keeps the s
 grammatical for the tagger and the encoder.
 
 A corpus file of the same shape (a JSON list of topics, or a folder of such files) is read
-by the same code: `load(path)`, checked by `check(path)`.
+by the same code: `load(path)`, checked by `read_topics(path)`.
 """
 
 from __future__ import annotations
@@ -133,14 +133,15 @@ def _check_topic(entry: Any, where: str) -> None:
             fail(f"disagree_form.{side}", f"one of {', '.join(FORMS)} (or leave disagree_form out)")
 
 
-def load(path: str | Path = SHIPPED) -> Corpus:
-    """The corpus at `path` (the shipped one by default), flattened to one row per reply."""
-    return _load(str(Path(path).resolve()))
+def load(path: str | Path = SHIPPED, limit: int | None = None) -> Corpus:
+    """The corpus at `path` (the shipped one by default), its first `limit` topics (files in
+    name order), flattened to one row per reply."""
+    return _load(str(Path(path).resolve()), limit)
 
 
 @cache
-def _load(path: str) -> Corpus:
-    topics = read_topics(path)
+def _load(path: str, limit: int | None) -> Corpus:
+    topics = read_topics(path)[:limit]
     rows: list[tuple[int, int, int, int, str, str, list[str]]] = []
     forms = []
     for t, entry in enumerate(topics):

@@ -40,6 +40,9 @@ Where this run differs from the paper, and why:
   the measure works "even when the specific topic is entirely removed", and its code has no
   masking step (its letters are scored over all topics).
 
+Data: the shipped corpus, or a corpus file or folder (data.name=table, data.path); data.size
+caps the topics read (the first ones, files in name order).
+
 Splits: the validation topics (data.val_fraction of the topics, drawn with data.seed) make
 every choice (the combined weights, Tune's metric, the champion); each seed's test fold
 gives the reported numbers. Part 2's test world quotes the test topics only; its `val_rho`
@@ -137,7 +140,7 @@ class DisagreementStudy(Study):
     schedulers_reason = "a trial reports once: there is nothing for ASHA to stop or PBT to copy"
     defaults: ClassVar[dict] = {
         "resources": {"cpu": 1},
-        "data": {"val_fraction": 0.2},
+        "data": {"val_fraction": 0.2},  # data.size: the most topics read (files in name order)
         "sweep": {
             "space": {
                 "alpha": {"grid": ALPHAS},
@@ -149,6 +152,7 @@ class DisagreementStudy(Study):
         },
     }
     smoke: ClassVar[dict] = {
+        "data": {"size": 24},  # topics: scoring the whole corpus takes ~20 s
         "train": {"folds": 2, "periods": 12, "posts": 200},
         "sweep": {
             "space": {
@@ -167,7 +171,7 @@ class DisagreementStudy(Study):
     # ---- data: the corpus and every measure of every reply, once per sweep --------------
 
     def prepare_data(self, spec: Any) -> dict[str, Any]:
-        texts = corpus.load(spec.data.path or corpus.SHIPPED)
+        texts = corpus.load(spec.data.path or corpus.SHIPPED, spec.data.size)
         folds = Params(**spec.train).folds
         val, fold = corpus.split_topics(len(texts.topics), spec.data.val_fraction, folds,
                                         spec.data.seed)  # fmt: skip
@@ -181,7 +185,7 @@ class DisagreementStudy(Study):
         if d.name == "table" and not d.path:
             raise SpecError("data.path: data.name=table needs a corpus file or folder (.json)")
         if scan:
-            topics = corpus.read_topics(d.path or corpus.SHIPPED)
+            topics = corpus.read_topics(d.path or corpus.SHIPPED)[: d.size]
             corpus.check_sizes(len(topics), d.val_fraction, Params(**spec.train).folds)
         return None
 
