@@ -3,20 +3,23 @@ their decisions, part by part. Statistics are the platform's, paired by seed: in
 seed is a test fold of topics (the same replies for every measure), in part 2 it draws the
 simulated world (the same posts for every measure).
 
+Deciding are the comparisons the label reads (below), in one Holm family; the others are
+reported beside them, in a family of their own.
+
 Part 1, measurement validity (AUC of disagree vs agree replies, on the fold's topics):
 - `chance_<m>` (superiority, against 0): lexicon index m's AUC above chance (0.5);
 - `flat_<m>` (equivalence within FLAT of chance): index m no better than a coin;
-- `emb_<m>` (superiority): index m against the embedding stance distance;
 - `removed_<m>` (non-inferiority, MARGIN): m with the topic removed from the texts no
   worse than with it present: the paper's "works even when the topic is removed";
-and, reported beside them (not deciding): the same for the stance distance and the
-combined scorer (`chance_stance`, `removed_stance`, ...).
+- reported: `emb_<m>` (superiority), index m against the embedding stance distance, and
+  the chance and topic-removed comparisons of the stance distance and the combined scorer.
 
 Part 2, the simulation (Spearman rho of each period's measure with the latent effect):
 - `rho_<m>_a<alpha>_n<noise>_<displaced>` (superiority): disagreement measure m against
-  the misinformation count, at each alpha < 1, noise and structure (what disagreement
-  displaces) of the sweep (alpha = 1 is reported, not deciding: there the count should win,
-  a check of the simulation).
+  the misinformation count, at each alpha, noise and structure (what disagreement
+  displaces) of the sweep; deciding for the lexicon indices at alpha <= 0.5, reported for
+  the stance distance, the combined scorer and alpha > 0.5 (at alpha = 1 the count should
+  win: a check of the simulation).
 
 The label is about the belief (misinformation effects are best measured by counting
 misinformation). Part 1 "overturned": some lexicon index beats chance and keeps its AUC
@@ -109,7 +112,7 @@ def validity_comparisons(spec: Any, train: BaseModel) -> list[Compare]:
                                WHY_FLAT, metric=ABOVE_CHANCE))  # fmt: skip
             if STANCE in measures:
                 out.append(Compare(f"{EMB}_{m}", _validity(STANCE), at, metric="test_auc",
-                                   why=WHY_EMB))  # fmt: skip
+                                   why=WHY_EMB, deciding=False))  # fmt: skip
         if m in removed:
             out.append(Compare(f"{REMOVED}_{m}", at, _validity(m, "removed"),
                                Question.NON_INFERIORITY, MARGIN, WHY_REMOVED,
@@ -131,7 +134,7 @@ def simulation_comparisons(spec: Any, train: BaseModel) -> list[Compare]:
             out.append(Compare(name, cell | {"measure": COUNT}, cell | {"measure": m},
                                metric="test_rho",
                                why=WHY_RHO_CHECK if check else WHY_RHO,
-                               deciding=not check))  # fmt: skip
+                               deciding=m in LEXICONS and alpha <= HALF))  # fmt: skip
     return out
 
 
