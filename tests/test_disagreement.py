@@ -298,11 +298,19 @@ def test_a_validity_trial_reports_auc_per_fold_and_the_champion_checkpoint(data)
     assert model.weights("pair") == evaluate.weights(data, "present")
 
 
+def test_each_seed_tests_one_fold_and_the_folds_cover_the_test_topics(data):
+    c = data["corpus"]
+    masks = [evaluate.in_fold(data, seed, 2) for seed in range(2)]
+    assert not (masks[0] & masks[1]).any()
+    np.testing.assert_array_equal(masks[0] | masks[1], ~np.isin(c.topic, data["val_topics"]))
+    np.testing.assert_array_equal(evaluate.in_fold(data, 3, 2), masks[1])  # seed % folds
+
+
 def test_a_simulation_trial_pairs_its_measures_on_one_world(data):
     runs = {}
     for m in ("count", "vader"):
         p = Params(part="simulation", measure=m, alpha=1.0, noise=0.5, displaced="both",
-                   periods=12, posts=300)  # fmt: skip
+                   periods=12, posts=300, folds=2)  # fmt: skip
         ctx = Reported(params=p, data=data, seed=4)
         get_study("disagreement").train(ctx)
         runs[m] = ctx.reports[0][0]

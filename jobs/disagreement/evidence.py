@@ -228,8 +228,10 @@ rho with the effect is close to the ceiling the `noise` parameter sets (about 0.
 0.5 at 1.5) whenever its contrast above is not zero, however small: the structure decides
 the size of rho, and what more disagreement displaces decides which contrast counts. What
 the real text decides is the sign of that contrast, measure by measure: whether the index
-rises or falls when disagreement rises. Fewer posts a month (`--set train.posts=200`) let
-the size of the contrast matter too.
+rises or falls when disagreement rises. Each seed's world quotes the topics of one test
+fold, so where the corpus cannot tell a contrast from zero its sign changes between seeds
+and the comparison stays undecided instead of inheriting the simulation's precision.
+Fewer posts a month (`--set train.posts=200`) let the size of the contrast matter too.
 
 Lexicon licences: """
 

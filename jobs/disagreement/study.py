@@ -45,8 +45,9 @@ caps the topics read (the first ones, files in name order).
 
 Splits: the validation topics (data.val_fraction of the topics, drawn with data.seed) make
 every choice (the combined weights, Tune's metric, the champion); each seed's test fold
-gives the reported numbers. Part 2's test world quotes the test topics only; its `val_rho`
-comes from a second world quoting the validation topics.
+gives the reported numbers. Part 2's test world quotes the seed's test fold of topics (so
+its spread over seeds holds the corpus's own variation); its `val_rho` comes from a second
+world quoting the validation topics.
 """
 
 from __future__ import annotations
