@@ -265,7 +265,7 @@ LOSES = [_sim("vader", 0.0, 0.5, A), _sim("nrc", 0.0, 0.5, A), _sim("vader", 0.5
      (FAILS, LOSES, True, "Held"),
      ({"chance_vader": U}, LOSES, True, "Held"),
      ({"chance_vader": U}, [_sim("vader", 0.0, 0.5, B), _sim("vader", 0.5, 0.5, U)], None,
-      "1 of 2 cells")],
+      "better than the count in 1 and the count beats every lexicon index in 0")],
 )  # fmt: skip
 def test_decide(part1, part2, held, says):
     label, why = verdict.decide(_judged(part1, part2))

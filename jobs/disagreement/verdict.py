@@ -189,8 +189,9 @@ def part2(judged: Mapping[str, Judged]) -> tuple[bool | None, str]:
         return True, (f"the count tracks the effect better than every lexicon index in "
                       f"{len(lost)} of {len(cells)} cells with alpha <= 0.5, and no lexicon "
                       "index does better in any")  # fmt: skip
-    return None, (f"a lexicon index tracks the effect better in {len(won)} of {len(cells)} "
-                  "cells with alpha <= 0.5, not in all")  # fmt: skip
+    return None, (f"of the {len(cells)} cells with alpha <= 0.5, a lexicon index tracks the "
+                  f"effect better than the count in {len(won)} and the count beats every "
+                  f"lexicon index in {len(lost)}")  # fmt: skip
 
 
 def decide(judged: Mapping[str, Judged]) -> tuple[bool | None, str]:
