@@ -11,10 +11,15 @@ Load: another process (aiohttp) keeps C requests in flight for --duration second
 Ceiling: the same model's in-process batched forward throughput (pyfunc.predict on ready
 batches of max_batch_size, the best over torch thread counts), measured before Ray starts.
 
+Floor: the same model behind a plain FastAPI + uvicorn app with simple asyncio
+micro-batching (benchmarks/http_floor.py), as many worker processes as Skeptic's replicas,
+loaded the same way: what any Python HTTP server pays on these cores.
+
 Prints req/s, p50/p99 latency and requests per batch per run, then per model and ingress:
   served / in-process at concurrency 32, batching on   (target >= 0.5)
   batching on / batching off at concurrency 32          (target >= 3x)
-with PASS/MISS.
+and, per model and concurrency, skeptic (haproxy) / floor: req/s (target >= 0.6 at 32)
+and p99 (target <= 2), p50 gap at concurrency 1 (target <= 2 ms); with PASS/MISS.
 
     .venv/bin/python benchmarks/serve_load.py [--widths 512,4096] [--ingress haproxy,ray-proxy]
 """
@@ -229,6 +234,72 @@ def serve_runs(args: argparse.Namespace) -> dict:
     return results
 
 
+def floor_runs(args: argparse.Namespace, uri: str, versions: list[str], body: Path) -> dict:
+    """The plain-HTTP floor (benchmarks/http_floor.py) for each version, at each concurrency."""
+    from serving.control import free_port
+
+    results: dict[str, dict] = {}
+    threads = max(1, (os.cpu_count() or 1) // args.replicas)  # as Ray gives each replica
+    for version in versions:
+        port = free_port()
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": str(threads),
+               "FLOOR_MODEL_URI": f"models:/large_batch/{version}",
+               "FLOOR_MAX_BATCH": str(args.max_batch_size),
+               "FLOOR_BATCH_WAIT_MS": str(args.batch_wait_ms)}  # fmt: skip
+        cmd = [sys.executable, "-m", "uvicorn", "http_floor:app", "--app-dir",
+               str(Path(__file__).parent), "--host", "127.0.0.1", "--port", str(port),
+               "--workers", str(args.replicas), "--log-level", "warning", "--no-access-log"]  # fmt: skip
+        server = subprocess.Popen(cmd, env=env)
+        try:
+            _wait_up(f"http://127.0.0.1:{port}/healthz", server)
+            for c in [int(c) for c in args.concurrency.split(",")]:
+                r = run_load(f"http://127.0.0.1:{port}/predict", body, c, args.duration)
+                r["per_batch"] = None
+                results[f"{version}/on/{c}"] = r
+                print(f"  floor v{version} concurrency {c:>3}: {r['rps']:7.1f} req/s",
+                      file=sys.stderr, flush=True)  # fmt: skip
+        finally:
+            server.terminate()
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    return results
+
+
+def _wait_up(url: str, server: subprocess.Popen, timeout_s: float = 180) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"the floor server exited {server.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise SystemExit(f"the floor server did not answer {url} in {timeout_s:.0f} s")
+
+
+def print_floor_ratios(skeptic: dict, floor: dict, widths: list[int], versions: list[str],
+                       concurrencies: list[int]) -> None:  # fmt: skip
+    """skeptic serve (batching on) against the floor, side by side from this run."""
+    for width, v in zip(widths, versions, strict=True):
+        for c in concurrencies:
+            s, f = skeptic[f"{v}/on/{c}"], floor[f"{v}/on/{c}"]
+            rps, p99 = s["rps"] / f["rps"], s["p99_ms"] / f["p99_ms"]
+            line = (f"skeptic/floor width {width:>5}, concurrency {c:>3}: req/s {s['rps']:.0f}/"
+                    f"{f['rps']:.0f} = {rps:.2f}; p99 {s['p99_ms']:.1f}/{f['p99_ms']:.1f} ms = "
+                    f"{p99:.2f} (<= 2 {'PASS' if p99 <= 2 else 'MISS'})")  # fmt: skip
+            if c == max(concurrencies):
+                line += f"; req/s >= 0.6 {'PASS' if rps >= 0.6 else 'MISS'}"
+            if c == 1:
+                gap = s["p50_ms"] - f["p50_ms"]
+                line += f"; p50 gap {gap:+.1f} ms (<= 2 {'PASS' if gap <= 2 else 'MISS'})"
+            print(line)
+
+
 def ingress_env(ingress: str) -> dict[str, str]:
     from serving.control import fast_ingress_env
 
@@ -310,6 +381,7 @@ def main() -> int:
         body = root / "body.json"
         body.write_bytes(request_body(args.payload, args.size))
         results = {i: serve_in_child(args, i, uri, versions, body) for i in ingresses}
+        floor = floor_runs(args, uri, versions, body)
 
     print(f"\n{'ingress':<10} {'width':>5} {'batching':<8} {'conc':>4} {'req/s':>8} {'p50 ms':>8} "
           f"{'p99 ms':>8} {'req/batch':>9}  errors")  # fmt: skip
@@ -332,6 +404,13 @@ def main() -> int:
                   f"served/in-process {on:.0f}/{ceiling:.0f} = {served:.2f} (>= 0.5 "
                   f"{'PASS' if served >= 0.5 else 'MISS'});  batching on/off {on:.0f}/{off:.0f} "
                   f"= {batching:.2f}x (>= 3x {'PASS' if batching >= 3 else 'MISS'})")  # fmt: skip
+    print()
+    for r in floor.values():
+        if sum(r["errors"].values()):
+            print(f"floor errors: {json.dumps(r['errors'])}")
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    if "haproxy" in results:  # skeptic serve's ingress
+        print_floor_ratios(results["haproxy"], floor, widths, versions, concurrencies)
     return 0
 
 
