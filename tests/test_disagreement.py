@@ -289,13 +289,14 @@ def test_a_validity_trial_reports_auc_per_fold_and_the_champion_checkpoint(data)
     ((metrics, checkpoint),) = ctx.reports
     c = data["corpus"]
     fold = data["fold"][c.topic] == 1
-    s = evaluate.weights(data, "present").score(data["scores"]["present"])
+    s = data["weights"]["present"].score(data["scores"]["present"])
     assert metrics["test_auc"] == pytest.approx(evaluate.auc(s[fold], c.relation[fold]))
     assert metrics["test_auc_above_chance"] == pytest.approx(metrics["test_auc"] - 0.5)
     assert {"test_auc_explicit", "test_auc_polite", "test_para_rho", "val_rho"} <= set(metrics)
     model = Scorer(checkpoint["model_config"])
     model.load_state_dict(checkpoint["model"])
-    assert model.weights("pair") == evaluate.weights(data, "present")
+    assert model.weights("pair") == data["weights"]["present"]
+    assert model.weights("text") == data["weights"][evaluate.TEXT_ONLY]
 
 
 def test_each_seed_tests_one_fold_and_the_folds_cover_the_test_topics(data):

@@ -18,10 +18,12 @@ from sklearn.metrics import roc_auc_score
 
 from jobs.disagreement import simulate
 from jobs.disagreement.corpus import FORMS, RELATIONS, SIDES
+from jobs.disagreement.lexicons import LEXICONS
 from jobs.disagreement.measures import COMBINED, Weights, fit
 from jobs.disagreement.scorer import state
 
 COUNT = "count"
+TEXT_ONLY = "text_only"  # the combined weights on the lexicons alone (fit_weights)
 
 
 def auc(scores: np.ndarray, relation: np.ndarray) -> float:
@@ -45,17 +47,20 @@ def in_fold(data: dict[str, Any], seed: int, folds: int) -> np.ndarray:
     return data["fold"][data["corpus"].topic] == seed % folds
 
 
-def weights(data: dict[str, Any], text: str, names: tuple[str, ...] | None = None) -> Weights:
-    """The combined scorer's weights, fitted on the validation topics' replies."""
-    corpus = data["corpus"]
-    rows = np.isin(corpus.topic, data["val_topics"])
-    kw = {"names": names} if names else {}
-    return fit(data["scores"][text], corpus.relation, rows, **kw)
+def fit_weights(corpus: Any, scores: dict[str, dict[str, np.ndarray]],
+                val_topics: np.ndarray) -> dict[str, Weights]:  # fmt: skip
+    """The combined scorer's weights, fitted once per sweep on the validation topics'
+    replies: per text variant on every measure, and TEXT_ONLY on the lexicons alone (what
+    the served scorer uses for a text without the statement it replies to)."""
+    rows = np.isin(corpus.topic, val_topics)
+    out = {v: fit(s, corpus.relation, rows) for v, s in scores.items()}
+    out[TEXT_ONLY] = fit(scores["present"], corpus.relation, rows, LEXICONS)
+    return out
 
 
 def scores_of(measure: str, data: dict[str, Any], text: str) -> np.ndarray:
     if measure == COMBINED:
-        return weights(data, text).score(data["scores"][text])
+        return data["weights"][text].score(data["scores"][text])
     return data["scores"][text][measure]
 
 
@@ -80,9 +85,7 @@ def validity(p: Any, seed: int, data: dict[str, Any]) -> tuple[dict[str, float],
     m["test_para_rho"] = _paraphrase_rho(s, corpus, test)
     checkpoint = {}
     if p.measure == COMBINED and p.text == "present":
-        checkpoint = state(
-            weights(data, "present"), weights(data, "present", ("vader", "nrc", "empath"))
-        )
+        checkpoint = state(data["weights"]["present"], data["weights"][TEXT_ONLY])
     return m, checkpoint
 
 

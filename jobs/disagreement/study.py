@@ -60,9 +60,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from jobs.disagreement import corpus, endpoint, evaluate, evidence, simulate, verdict
-from jobs.disagreement.lexicons import indices
 from jobs.disagreement.measures import COMBINED, MEASURES, VARIANTS, base_measures
-from jobs.disagreement.scorer import Scorer
+from jobs.disagreement.scorer import Scorer, score
 from skeptic.api import (
     Compare,
     DataPlan,
@@ -176,7 +175,10 @@ class DisagreementStudy(Study):
         folds = Params(**spec.train).folds
         val, fold = corpus.split_topics(len(texts.topics), spec.data.val_fraction, folds,
                                         spec.data.seed)  # fmt: skip
-        return {"corpus": texts, "scores": base_measures(texts), "val_topics": val, "fold": fold}
+        scores = base_measures(texts)
+        weights = evaluate.fit_weights(texts, scores, val)
+        return {"corpus": texts, "scores": scores, "weights": weights, "val_topics": val,
+                "fold": fold}  # fmt: skip
 
     def check_data(self, spec: Any, *, scan: bool = True) -> DataPlan | None:
         d = spec.data
@@ -223,8 +225,7 @@ class DisagreementStudy(Study):
     def predict(self, model: nn.Module, batch: np.ndarray) -> np.ndarray:
         """p(disagree) of each text of a batch of strings (the lone-text regression)."""
         texts = [str(t) for t in batch]
-        scores = {name: indices(texts, name) for name in model.weights("text").names}
-        return model.weights("text").score(scores)
+        return score(model, texts, [None] * len(texts))["score"]
 
     def model_metadata(self, config: dict[str, Any]) -> dict[str, Any]:
         index = "mean negative score of the matched nouns, adjectives and adverbs"

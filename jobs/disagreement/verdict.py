@@ -72,12 +72,17 @@ def _validity(measure: str, text: str = "present") -> dict[str, Any]:
     return {"part": "validity", "measure": measure, "text": text}
 
 
-def arm_values(spec: Any, train: BaseModel, part: str, name: str) -> list[Any]:
-    """The values of parameter `name` among the sweep's arms of `part` (the `train` value
-    where an arm does not set it; `train`: the spec's training parameters)."""
+def _arms(spec: Any, train: BaseModel, part: str) -> list[dict[str, Any]]:
+    """The parameters of the sweep's arms of `part` (the `train` value where an arm does not
+    set one; `train`: the spec's training parameters)."""
     base = train.model_dump()
     arms = [base | dict(arm) for arm in spec.sweep.arms.values()] or [base]
-    return sorted({a[name] for a in arms if a["part"] == part}, key=str)
+    return [a for a in arms if a["part"] == part]
+
+
+def arm_values(spec: Any, train: BaseModel, part: str, name: str) -> list[Any]:
+    """The values of parameter `name` among the sweep's arms of `part`."""
+    return sorted({a[name] for a in _arms(spec, train, part)}, key=str)
 
 
 def grid(spec: Any, train: BaseModel, name: str) -> list[float]:
@@ -91,9 +96,7 @@ def tag(alpha: float, noise: float, displaced: str) -> str:
 
 def _removed_measures(spec: Any, train: BaseModel) -> set[str]:
     """The measures part 1 runs with the topic removed."""
-    base = train.model_dump()
-    arms = [base | dict(arm) for arm in spec.sweep.arms.values()] or [base]
-    return {a["measure"] for a in arms if a["part"] == "validity" and a["text"] == "removed"}
+    return {a["measure"] for a in _arms(spec, train, "validity") if a["text"] == "removed"}
 
 
 def validity_comparisons(spec: Any, train: BaseModel) -> list[Compare]:
