@@ -1,8 +1,11 @@
 """What does serving cost, and what does dynamic batching buy?
 
-Models: the large_batch MLP (depth 5, 3x32x32 inputs) at each of --widths, registered as
-versions of `large_batch` in a temporary registry. Width 512 is like the study's champions:
-its forward pass costs far less than handling one HTTP request. Width 4096 costs more.
+Models (--models), registered as versions of `large_batch` in a temporary registry:
+`smoke` is the quickstart's champion (the MLP of width 128, depth 2, on 3x16x16 inputs): its
+forward pass costs far less than handling one HTTP request. A number N is an MLP of width N,
+depth 5, on 3x32x32 inputs: 512 costs more per forward pass, 4096 far more.
+Every request carries the same 32x32 RGB PNG (4,248 bytes of JSON), resized to the model's
+input size by the server.
 Ingress: Serve's HTTP through HAProxy (what `skeptic serve` starts, see
 serving.control.fast_ingress_env) and through Ray's Python proxy (Serve's default), each
 in its own Ray cluster started by a child process.
@@ -21,7 +24,7 @@ Prints req/s, p50/p99 latency and requests per batch per run, then per model and
 and, per model and concurrency, skeptic (haproxy) / floor: req/s (target >= 0.6 at 32)
 and p99 (target <= 2), p50 gap at concurrency 1 (target <= 2 ms); with PASS/MISS.
 
-    .venv/bin/python benchmarks/serve_load.py [--widths 512,4096] [--ingress haproxy,ray-proxy]
+    .venv/bin/python benchmarks/serve_load.py [--models smoke,512] [--ingress haproxy,ray-proxy]
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +120,29 @@ def run_load(url: str, body_file: Path, concurrency: int, duration: float) -> di
 # --- the model ---------------------------------------------------------------------------------
 
 
-def register(root: Path, widths: list[int], depth: int, size: int) -> tuple[str, list[str]]:
-    """One registered version of `large_batch` per width (untrained: speed only)."""
+@dataclass(frozen=True)
+class Model:
+    label: str
+    width: int
+    depth: int
+    size: int  # input is 3 x size x size
+
+
+def parse_models(text: str) -> list[Model]:
+    """`smoke` (the quickstart's champion) or a width N (depth 5, 32 x 32), comma-separated."""
+    models = []
+    for item in text.split(","):
+        if item == "smoke":
+            models.append(Model("smoke", width=128, depth=2, size=16))
+        elif item.isdigit():
+            models.append(Model(f"width {item}", width=int(item), depth=5, size=32))
+        else:
+            raise SystemExit(f"--models: {item!r} is neither `smoke` nor a width")
+    return models
+
+
+def register(root: Path, models: list[Model]) -> tuple[str, list[str]]:
+    """One registered version of `large_batch` per model (untrained: speed only)."""
     import torch
     from mlflow.tracking import MlflowClient
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
@@ -130,17 +155,19 @@ def register(root: Path, widths: list[int], depth: int, size: int) -> tuple[str,
     client = MlflowClient(uri)
     exp = client.create_experiment("large_batch", artifact_location=(root / "art").as_uri())
     study, versions = LargeBatch(), []
-    for width in widths:
+    for m in models:
         config = {
-            "input_shape": [3, size, size], "num_classes": len(CLASSES), "class_names": CLASSES,
-            "width": width, "depth": depth, "ghost_batch": None,
+            "input_shape": [3, m.size, m.size], "num_classes": len(CLASSES),
+            "class_names": CLASSES, "width": m.width, "depth": m.depth, "ghost_batch": None,
         }  # fmt: skip
         torch.manual_seed(0)
         state = {"model": study.build_model(config).state_dict(), "model_config": config}
         run_id = client.create_run(exp).info.run_id
         with _use_tracking_uri(uri):
             tags = {Tag.VERDICT: "bench"}
-            versions.append(register_champion(study, state, {"width": width}, run_id, tags).version)
+            versions.append(
+                register_champion(study, state, {"width": m.width}, run_id, tags).version
+            )
         client.set_terminated(run_id)
     return uri, versions
 
@@ -173,14 +200,12 @@ def in_process_ceiling(
     return best
 
 
-def request_body(payload: str, size: int) -> bytes:
+def request_body(size: int = 32) -> bytes:
+    """{"images": [one random RGB PNG of size x size, base64]}."""
     import numpy as np
     from PIL import Image
 
-    rng = np.random.default_rng(1)
-    if payload == "inputs":
-        return json.dumps({"inputs": rng.random((1, 3, size, size)).round(4).tolist()}).encode()
-    pixels = (rng.random((size, size, 3)) * 255).astype("uint8")
+    pixels = (np.random.default_rng(1).random((size, size, 3)) * 255).astype("uint8")
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, "PNG")
     return json.dumps({"images": [base64.b64encode(buf.getvalue()).decode()]}).encode()
@@ -194,33 +219,28 @@ def serve_runs(args: argparse.Namespace) -> dict:
     import ray
     from ray import serve
 
-    from serving.control import deploy, free_port, get, wait_healthy
+    from serving.control import deploy, free_port, wait_healthy
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
              logging_level="WARNING", _node_ip_address="127.0.0.1")  # fmt: skip
     results: dict[str, dict] = {}
     try:
         port = free_port()
-        serve.start(
-            http_options={"host": "127.0.0.1", "port": port},
-            logging_config={"enable_access_log": False, "log_level": "WARNING"},
-        )
+        serve.start(http_options={"host": "127.0.0.1", "port": port})  # as skeptic serve does
         for version in args._versions.split(","):
             for mode in ("on", "off"):
                 serve_args = {
                     "model": f"large_batch/{version}", "tracking_uri": args._uri,
-                    "batching": mode == "on", "max_batch_size": args.max_batch_size,
-                    "batch_wait_timeout_s": args.batch_wait_ms / 1000,
-                    "ray_actor_options": {"num_cpus": args.replica_cpus}, "access_log": False,
-                    "num_replicas": args.replicas,
+                    "batching": mode == "on", **_given(args),
                 }  # fmt: skip
                 deploy(serve_args, "bench")
                 base = f"http://127.0.0.1:{port}/bench"
                 wait_healthy(base, None)
+                results["replicas"] = running_replicas("bench")
                 for c in [int(c) for c in args.concurrency.split(",")]:
-                    before = get(f"{base}/metadata")[1]["batching"]
+                    before = batching_stats(base, results["replicas"])
                     r = run_load(f"{base}/predict", Path(args._body), c, args.duration)
-                    after = get(f"{base}/metadata")[1]["batching"]
+                    after = batching_stats(base, results["replicas"])
                     batches = after["batches_run"] - before["batches_run"]
                     requests = after["requests_batched"] - before["requests_batched"]
                     r["per_batch"] = requests / batches if batches else None
@@ -234,12 +254,48 @@ def serve_runs(args: argparse.Namespace) -> dict:
     return results
 
 
-def floor_runs(args: argparse.Namespace, uri: str, versions: list[str], body: Path) -> dict:
-    """The plain-HTTP floor (benchmarks/http_floor.py) for each version, at each concurrency."""
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    """The serving args given on the command line; the rest are `skeptic serve`'s defaults."""
+    given = {
+        "max_batch_size": args.max_batch_size,
+        "batch_wait_timeout_s": None if args.batch_wait_ms is None else args.batch_wait_ms / 1000,
+        "num_replicas": args.replicas,
+        "ray_actor_options": None if args.replica_cpus is None else {"num_cpus": args.replica_cpus},
+    }
+    return {key: value for key, value in given.items() if value is not None}
+
+
+def running_replicas(app: str) -> int:
+    from ray import serve
+
+    from serving.app import DEPLOYMENT
+
+    states = serve.status().applications[app].deployments[DEPLOYMENT].replica_states
+    return int(states.get("RUNNING", 0))
+
+
+def batching_stats(base: str, replicas: int) -> dict[str, int]:
+    """Batches and requests so far, summed over the replicas (each /metadata answer is one
+    replica's, named by `replica`: asked until every replica has answered)."""
+    from serving.control import get
+
+    seen: dict[str, dict] = {}
+    for _ in range(50 * replicas):
+        stats = get(f"{base}/metadata")[1]["batching"]
+        seen[stats.get("replica", "")] = stats
+        if len(seen) == replicas:
+            break
+    return {key: sum(s[key] for s in seen.values()) for key in ("batches_run", "requests_batched")}
+
+
+def floor_runs(args: argparse.Namespace, uri: str, versions: list[str], body: Path,
+               workers: int) -> dict:  # fmt: skip
+    """The plain-HTTP floor (benchmarks/http_floor.py) for each version, at each concurrency,
+    with `workers` processes (as many as Skeptic's replicas)."""
     from serving.control import free_port
 
     results: dict[str, dict] = {}
-    threads = max(1, (os.cpu_count() or 1) // args.replicas)  # as Ray gives each replica
+    threads = max(1, (os.cpu_count() or 1) // workers)  # the cores each worker may use
     for version in versions:
         port = free_port()
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": str(threads),
@@ -248,7 +304,7 @@ def floor_runs(args: argparse.Namespace, uri: str, versions: list[str], body: Pa
                "FLOOR_BATCH_WAIT_MS": str(args.batch_wait_ms)}  # fmt: skip
         cmd = [sys.executable, "-m", "uvicorn", "http_floor:app", "--app-dir",
                str(Path(__file__).parent), "--host", "127.0.0.1", "--port", str(port),
-               "--workers", str(args.replicas), "--log-level", "warning", "--no-access-log"]  # fmt: skip
+               "--workers", str(workers), "--log-level", "warning", "--no-access-log"]  # fmt: skip
         server = subprocess.Popen(cmd, env=env)
         try:
             _wait_up(f"http://127.0.0.1:{port}/healthz", server)
@@ -282,14 +338,14 @@ def _wait_up(url: str, server: subprocess.Popen, timeout_s: float = 180) -> None
     raise SystemExit(f"the floor server did not answer {url} in {timeout_s:.0f} s")
 
 
-def print_floor_ratios(skeptic: dict, floor: dict, widths: list[int], versions: list[str],
+def print_floor_ratios(skeptic: dict, floor: dict, models: list[Model], versions: list[str],
                        concurrencies: list[int]) -> None:  # fmt: skip
     """skeptic serve (batching on) against the floor, side by side from this run."""
-    for width, v in zip(widths, versions, strict=True):
+    for m, v in zip(models, versions, strict=True):
         for c in concurrencies:
             s, f = skeptic[f"{v}/on/{c}"], floor[f"{v}/on/{c}"]
             rps, p99 = s["rps"] / f["rps"], s["p99_ms"] / f["p99_ms"]
-            line = (f"skeptic/floor width {width:>5}, concurrency {c:>3}: req/s {s['rps']:.0f}/"
+            line = (f"skeptic/floor {m.label:>10}, concurrency {c:>3}: req/s {s['rps']:.0f}/"
                     f"{f['rps']:.0f} = {rps:.2f}; p99 {s['p99_ms']:.1f}/{f['p99_ms']:.1f} ms = "
                     f"{p99:.2f} (<= 2 {'PASS' if p99 <= 2 else 'MISS'})")  # fmt: skip
             if c == max(concurrencies):
@@ -317,10 +373,17 @@ def serve_in_child(args: argparse.Namespace, ingress: str, uri: str, versions: l
         sys.executable, __file__, "--_serve", ingress, "--_uri", uri,
         "--_versions", ",".join(versions), "--_body", str(body),
         "--duration", str(args.duration), "--concurrency", args.concurrency,
-        "--max-batch-size", str(args.max_batch_size), "--batch-wait-ms", str(args.batch_wait_ms),
-        "--replica-cpus", str(args.replica_cpus), "--replicas", str(args.replicas),
     ]  # fmt: skip
-    env = {**os.environ, **ingress_env(ingress)}
+    for flag in ("max_batch_size", "batch_wait_ms", "replica_cpus", "replicas"):
+        if getattr(args, flag) is not None:
+            cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    # Deleting an app between runs waits out the replicas' drain period (30 s by default):
+    # nothing here is in flight by then, so the benchmark does not wait.
+    env = {
+        **os.environ,
+        **ingress_env(ingress),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+    }
     done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"serving with {ingress} failed (exit {done.returncode})")
@@ -334,20 +397,18 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--widths", default="512,4096", help="MLP widths, one model each")
-    p.add_argument("--depth", type=int, default=5, help="MLP depth (default 5)")
-    p.add_argument("--size", type=int, default=32, help="input is 3 x SIZE x SIZE (default 32)")
+    p.add_argument("--models", default="smoke,512",
+                   help="smoke (the quickstart's champion) and/or MLP widths (default smoke,512)")  # fmt: skip
     p.add_argument("--ingress", default="haproxy,ray-proxy",
                    help="comma-separated: haproxy (skeptic serve's), ray-proxy (Serve's default)")  # fmt: skip
     p.add_argument("--duration", type=float, default=8, help="seconds measured per run (default 8)")
     p.add_argument("--concurrency", default="1,8,32", help="comma-separated (default 1,8,32)")
-    p.add_argument("--payload", choices=["images", "inputs"], default="images",
-                   help="one base64 PNG per request, or one float array (default images)")  # fmt: skip
-    p.add_argument("--max-batch-size", type=int, default=32, help="serve.batch size (default 32)")
-    p.add_argument("--batch-wait-ms", type=float, default=2, help="batch wait (default 2 ms)")
-    p.add_argument("--replica-cpus", type=float, default=1, help="CPUs per replica (default 1)")
-    p.add_argument("--replicas", type=int, default=os.cpu_count() or 1,
-                   help="replicas of the model (default: one per core)")  # fmt: skip
+    p.add_argument(
+        "--max-batch-size", type=int, help="requests per batch (default: skeptic serve's)"
+    )
+    p.add_argument("--batch-wait-ms", type=float, help="batch wait (default: skeptic serve's)")
+    p.add_argument("--replica-cpus", type=float, help="CPUs per replica (default: skeptic serve's)")
+    p.add_argument("--replicas", type=int, help="replicas of the model (default: skeptic serve's)")
     for hidden in ("--_load", "--_body", "--_serve", "--_uri", "--_versions"):
         p.add_argument(hidden, help=argparse.SUPPRESS)
     p.add_argument("--_concurrency", type=int, help=argparse.SUPPRESS)
@@ -356,6 +417,14 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    if not (args._load or args._serve):  # the floor batches as skeptic serve's defaults do
+        from serving.app import ServeArgs
+
+        defaults = ServeArgs.model_fields
+        if args.max_batch_size is None:
+            args.max_batch_size = defaults["max_batch_size"].default
+        if args.batch_wait_ms is None:
+            args.batch_wait_ms = defaults["batch_wait_timeout_s"].default * 1000
     if args._load:  # the load-generator process
         body = Path(args._body).read_bytes()
         result = asyncio.run(_load(args._load, body, args._concurrency, args.duration, warmup=1.0))
@@ -365,42 +434,47 @@ def main() -> int:
         print(json.dumps(serve_runs(args)))
         return 0
 
-    widths = [int(w) for w in args.widths.split(",")]
+    models = parse_models(args.models)
     ingresses = args.ingress.split(",")
     top = max(int(c) for c in args.concurrency.split(","))
-    print(f"large_batch MLP depth {args.depth} on 3x{args.size}x{args.size}, widths {widths}; "
-          f"one {args.payload[:-1]} per request; {os.cpu_count()} cores", flush=True)  # fmt: skip
+    print(f"models: {', '.join(f'{m.label} (MLP {m.width} x {m.depth} on 3x{m.size}x{m.size})' for m in models)}; "
+          f"one 32x32 PNG per request; {os.cpu_count()} cores", flush=True)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         root = Path(tmp)
-        uri, versions = register(root, widths, args.depth, args.size)
-        ceilings = {v: in_process_ceiling(uri, v, args.max_batch_size, args.size) for v in versions}
-        for width, v in zip(widths, versions, strict=True):
-            print(f"width {width}: in-process batched forward (batch {args.max_batch_size}, "
+        uri, versions = register(root, models)
+        ceilings = {
+            v: in_process_ceiling(uri, v, args.max_batch_size, m.size)
+            for m, v in zip(models, versions, strict=True)
+        }
+        for m, v in zip(models, versions, strict=True):
+            print(f"{m.label}: in-process batched forward (batch {args.max_batch_size}, "
                   f"{ceilings[v]['threads']} thread(s)): {ceilings[v]['samples_per_s']:.0f} "
                   "samples/s", flush=True)  # fmt: skip
         body = root / "body.json"
-        body.write_bytes(request_body(args.payload, args.size))
+        body.write_bytes(request_body())
         results = {i: serve_in_child(args, i, uri, versions, body) for i in ingresses}
-        floor = floor_runs(args, uri, versions, body)
+        replicas = {i: runs.pop("replicas") for i, runs in results.items()}
+        print(f"replicas: {replicas}", flush=True)
+        floor = floor_runs(args, uri, versions, body, workers=max(replicas.values()))
 
-    print(f"\n{'ingress':<10} {'width':>5} {'batching':<8} {'conc':>4} {'req/s':>8} {'p50 ms':>8} "
+    print(f"\n{'ingress':<10} {'model':>10} {'batching':<8} {'conc':>4} {'req/s':>8} {'p50 ms':>8} "
           f"{'p99 ms':>8} {'req/batch':>9}  errors")  # fmt: skip
     for ingress, runs in results.items():
         for key, r in runs.items():
             version, mode, c = key.split("/")
-            width = widths[versions.index(version)]
+            label = models[versions.index(version)].label
             errors = sum(r["errors"].values())
             per_batch = f"{r['per_batch']:.1f}" if r["per_batch"] else "-"
-            print(f"{ingress:<10} {width:>5} {mode:<8} {c:>4} {r['rps']:>8.1f} {r['p50_ms']:>8.1f} "
+            print(f"{ingress:<10} {label:>10} {mode:<8} {c:>4} {r['rps']:>8.1f} {r['p50_ms']:>8.1f} "
                   f"{r['p99_ms']:>8.1f} {per_batch:>9}  {errors}"
                   f"{' ' + json.dumps(r['errors']) if errors else ''}")  # fmt: skip
     print()
     for ingress, runs in results.items():
-        for width, v in zip(widths, versions, strict=True):
+        for m, v in zip(models, versions, strict=True):
             on, off = runs[f"{v}/on/{top}"]["rps"], runs[f"{v}/off/{top}"]["rps"]
             ceiling = ceilings[v]["samples_per_s"]
             served, batching = on / ceiling, (on / off if off else float("inf"))
-            print(f"{ingress:<10} width {width:>5}, concurrency {top}: "
+            print(f"{ingress:<10} {m.label:>10}, concurrency {top}: "
                   f"served/in-process {on:.0f}/{ceiling:.0f} = {served:.2f} (>= 0.5 "
                   f"{'PASS' if served >= 0.5 else 'MISS'});  batching on/off {on:.0f}/{off:.0f} "
                   f"= {batching:.2f}x (>= 3x {'PASS' if batching >= 3 else 'MISS'})")  # fmt: skip
@@ -410,7 +484,7 @@ def main() -> int:
             print(f"floor errors: {json.dumps(r['errors'])}")
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     if "haproxy" in results:  # skeptic serve's ingress
-        print_floor_ratios(results["haproxy"], floor, widths, versions, concurrencies)
+        print_floor_ratios(results["haproxy"], floor, models, versions, concurrencies)
     return 0
 
 

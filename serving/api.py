@@ -11,6 +11,8 @@ import hmac
 import io
 import json
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -18,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 DEFAULT_K = 3
+K_MAX = 1000
 # The formats the API documents. Pillow names multi-picture JPEGs (most phone cameras) MPO.
 IMAGE_FORMATS = frozenset({"PNG", "JPEG", "MPO", "BMP"})
 # A request needs 2 + the input's rank; the JSON parser recurses ~1000 levels before failing.
@@ -61,7 +64,7 @@ class PredictRequest(BaseModel):
     )
     # strict: "3" or true is a client bug, not a k
     k: int = Field(
-        DEFAULT_K, ge=1, le=1000, strict=True, description="labels to return per item (top-k)"
+        DEFAULT_K, ge=1, le=K_MAX, strict=True, description="labels to return per item (top-k)"
     )
 
 
@@ -92,21 +95,35 @@ class ErrorResponse(BaseModel):
 # --- request body -> batch ---------------------------------------------------------------------
 
 
-def check_content_type(header: str | None) -> None:
-    """415 unless the body is declared JSON (`application/json`, `application/*+json`):
-    a text/plain or form body is a client mistake (and a browser sends those cross-site
-    without asking first)."""
-    media = (header or "").split(";", 1)[0].strip().lower()
-    if media == "application/json" or (
+def _media_type(header: str | None) -> str:
+    return (header or "").split(";", 1)[0].strip().lower()
+
+
+def _is_json(media: str) -> bool:
+    return media == "application/json" or (
         media.startswith("application/") and media.endswith("+json")
-    ):
-        return
+    )
+
+
+def check_content_type(header: str | None, *, images: bool = False) -> str:
+    """ "json" for a body declared JSON (`application/json`, `application/*+json`); with
+    `images`, "image" for a raw image (`image/*`: the format itself is checked from its
+    bytes); else 415. A text/plain or form body is a client mistake (and a browser sends
+    those cross-site without asking first)."""
+    media = _media_type(header)
+    if _is_json(media):
+        return "json"
+    if images and media.startswith("image/"):
+        return "image"
+    want = "application/json" + (
+        ", or one image as image/png, image/jpeg or image/bmp" if images else ""
+    )
     raise RequestError(
         415,
         "unsupported_media_type",
-        f"Content-Type is {header!r}; send the body as application/json"
+        f"Content-Type is {header!r}; send the body as {want}"
         if header
-        else "no Content-Type; send the body as application/json",
+        else f"no Content-Type; send the body as {want}",
     )
 
 
@@ -190,10 +207,10 @@ def to_batch(
     max_image_pixels: int | None = None,
     max_decoded_pixels: int | None = None,
     dtype: str = "float32",
-) -> np.ndarray:
+) -> np.ndarray | Images:
     """The request's items as one array of shape (N, *input_shape) and the signature's
-    dtype (float32 for every Skeptic model). CPU-bound for images: call it off the event
-    loop."""
+    dtype (float32 for every Skeptic model), or, for `images`, the checked images whose
+    `decode` makes that array (decoding is the CPU-bound part: see Images.pixels)."""
     items = request.inputs if request.inputs is not None else request.images
     field = "inputs" if request.inputs is not None else "images"
     if not items:
@@ -205,10 +222,9 @@ def to_batch(
             f"{len(items)} items in `{field}`, over the limit of {max_items}",
         )
     if request.images is not None:
-        batch = _images_to_batch(request.images, input_shape, max_image_pixels, max_decoded_pixels)
-    else:
-        batch = _inputs_to_batch(request.inputs, input_shape)
-    return batch.astype(dtype, copy=False)
+        named = [(f"images[{i}]", _b64decode(i, text)) for i, text in enumerate(request.images)]
+        return open_images(named, input_shape, max_image_pixels, max_decoded_pixels)
+    return _inputs_to_batch(request.inputs, input_shape).astype(dtype, copy=False)
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
@@ -251,14 +267,57 @@ def _inputs_to_batch(inputs: list[Any], input_shape: tuple[int, ...]) -> np.ndar
 _UNREADABLE = (OSError, SyntaxError, ValueError, EOFError)
 
 
-def _images_to_batch(
-    images: list[str],
+def query_k(query: Mapping[str, str]) -> int | None:
+    """The `k` of a raw-image request's query string (`?k=2`), or None; 422 for anything
+    else in it, as an unknown field of a JSON body is."""
+    unknown = sorted(set(query) - {"k"})
+    if unknown:
+        raise RequestError(
+            422, "invalid_request", f"unknown query parameter(s): {', '.join(unknown)}"
+        )
+    if "k" not in query:
+        return None
+    text = query["k"]
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= K_MAX):
+        raise RequestError(
+            422, "invalid_request", f"k: {text!r} is not an integer from 1 to {K_MAX}"
+        )
+    return int(text)
+
+
+@dataclass
+class Images:
+    """Images opened and checked from their headers, not decoded yet: `decode` makes the
+    float32 batch with the training preprocessing. `pixels` (width x height, summed)
+    measures what decoding will cost."""
+
+    named: list[tuple[str, Image.Image]]
+    side: int  # the model's input is 3 x side x side
+    pixels: int
+
+    def decode(self) -> np.ndarray:
+        from skeptic.data.imagefolder import image_to_array
+
+        out = np.empty((len(self.named), 3, self.side, self.side), dtype=np.float32)
+        for i, (name, im) in enumerate(self.named):
+            try:
+                with im:
+                    out[i] = image_to_array(im, self.side)  # the training preprocessing
+            except _UNREADABLE as err:
+                raise RequestError(
+                    422, "bad_image", f"{name}: cannot decode image: {err}"
+                ) from None
+        return out
+
+
+def open_images(
+    images: list[tuple[str, bytes]],
     input_shape: tuple[int, ...],
     max_pixels: int | None,
     max_total: int | None,
-) -> np.ndarray:
-    from skeptic.data.imagefolder import image_to_array
-
+) -> Images:
+    """Encoded images, each named for its errors (e.g. "images[2]"), opened and checked
+    against the model's input (square RGB) and the pixel limits; 413/422 naming the image."""
     if len(input_shape) != 3 or input_shape[0] != 3 or input_shape[1] != input_shape[2]:
         raise RequestError(
             422,
@@ -268,7 +327,7 @@ def _images_to_batch(
         )
     # Every header is read and every limit checked before the first pixel is decoded: a
     # 4 MB body holds dozens of solid PNGs that each expand to 50 MB and a second of CPU.
-    opened = [_open_image(i, text, max_pixels) for i, text in enumerate(images)]
+    opened = [_open_image(name, data, max_pixels) for name, data in images]
     total = sum(im.width * im.height for im in opened)
     if max_total is not None and total > max_total:
         raise RequestError(
@@ -276,49 +335,44 @@ def _images_to_batch(
             "too_many_pixels",
             f"the images hold {total} pixels in all, over the limit of {max_total} per request",
         )
-    out = np.empty((len(images), *input_shape), dtype=np.float32)
-    for i, im in enumerate(opened):
-        try:
-            with im:
-                out[i] = image_to_array(im, input_shape[1])  # the training preprocessing
-        except _UNREADABLE as err:
-            raise RequestError(
-                422, "bad_image", f"images[{i}]: cannot decode image: {err}"
-            ) from None
-    return out
+    named = [(name, im) for (name, _), im in zip(images, opened, strict=True)]
+    return Images(named, input_shape[1], total)
 
 
-def _open_image(i: int, text: str, max_pixels: int | None) -> Image.Image:
-    """images[i] opened lazily: format and size come from the header, no pixels yet."""
+def _b64decode(i: int, text: str) -> bytes:
     if text.startswith("data:") and "," in text:  # a data URL: data:image/png;base64,....
         text = text.split(",", 1)[1]
     try:
-        data = base64.b64decode(text, validate=True)
+        return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise RequestError(422, "bad_image", f"images[{i}] is not valid base64") from None
+
+
+def _open_image(name: str, data: bytes, max_pixels: int | None) -> Image.Image:
+    """An image opened lazily: format and size come from the header, no pixels yet."""
     try:
         im = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as err:  # Pillow's own cap, above ours by default
-        raise RequestError(413, "image_too_large", f"images[{i}]: {err}") from None
+        raise RequestError(413, "image_too_large", f"{name}: {err}") from None
     except UnidentifiedImageError:
         raise RequestError(
-            422, "bad_image", f"images[{i}] is not an image (send PNG, JPEG or BMP)"
+            422, "bad_image", f"{name} is not an image (send PNG, JPEG or BMP)"
         ) from None
     except _UNREADABLE as err:
-        raise RequestError(422, "bad_image", f"images[{i}]: cannot read image: {err}") from None
+        raise RequestError(422, "bad_image", f"{name}: cannot read image: {err}") from None
     if im.format not in IMAGE_FORMATS:
         im.close()
         raise RequestError(
             422,
             "unsupported_image_format",
-            f"images[{i}] is {im.format}; send PNG, JPEG or BMP",
+            f"{name} is {im.format}; send PNG, JPEG or BMP",
         )
     if max_pixels is not None and im.width * im.height > max_pixels:
         im.close()
         raise RequestError(
             413,
             "image_too_large",
-            f"images[{i}] is {im.width}x{im.height} pixels, over the limit of {max_pixels}",
+            f"{name} is {im.width}x{im.height} pixels, over the limit of {max_pixels}",
         )
     return im
 

@@ -29,9 +29,10 @@ import os
 import re
 import time
 import warnings
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -52,14 +53,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.api import (
     DEFAULT_K,
+    K_MAX,
     MAX_JSON_DEPTH,
     ErrorResponse,
+    Images,
     PredictRequest,
     PredictResponse,
     RequestError,
     check_content_type,
+    open_images,
     parse_body,
     parse_json_object,
+    query_k,
     split_outputs,
     to_batch,
     token_digest,
@@ -88,6 +93,12 @@ DEPLOYMENT = "ModelServer"
 # A declared endpoint is one URL segment that does not hide a route every app has.
 _ENDPOINT_PATH = re.compile(r"^[A-Za-z0-9_-]+$")
 RESERVED_PATHS = frozenset({"healthz", "metadata", "docs", "openapi.json"})
+# Requests at most this large are parsed, and images of at most this many pixels decoded,
+# on the event loop (well under a millisecond each); larger work goes to the decode threads.
+INLINE_BYTES = 64 * 1024
+INLINE_PIXELS = 256 * 256
+T = TypeVar("T")
+Batch = np.ndarray | Images
 PREDICT_SUMMARY = "top-k labels for a batch of inputs or images"
 
 
@@ -248,6 +259,7 @@ class ModelServer:
                 else [str(i) for i in range(self.num_classes)]
             )
         self.stats = {"batches": 0, "requests": 0}
+        self.replica = serve.get_replica_context().replica_id.unique_id
         # Own threads for parsing and decoding, so forward passes (asyncio.to_thread, the
         # default pool) never queue behind them. A few, since Pillow decodes without the
         # GIL; not one per ongoing request, which would hold that many decoded images.
@@ -316,9 +328,10 @@ class ModelServer:
         return validate_request(route.request, obj)
 
     async def parse(self, route: Route, body: bytes) -> BaseModel:
-        """The body as the route's request, or RequestError; off the event loop."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._decode_pool, self._parse, route, body)
+        """The body as the route's request, or RequestError; a large body off the event loop."""
+        if len(body) > INLINE_BYTES:
+            return await self._off_loop(self._parse, route, body)
+        return self._parse(route, body)
 
     def _handle(self, route: Route, request: BaseModel) -> dict[str, Any]:
         try:
@@ -366,24 +379,45 @@ class ModelServer:
         finally:
             self._idle.set()
 
-    def _prepare(self, body: bytes) -> tuple[PredictRequest, np.ndarray]:
+    def _read(self, body: bytes, kind: str, query: Mapping[str, str]) -> tuple[int, Batch]:
+        """The request's k and its items: an array, or images still to decode."""
         cfg = self.cfg
-        request = parse_body(body, max_depth=cfg["max_json_depth"])
-        batch = to_batch(
-            request,
-            self.input_shape,
-            max_items=cfg["max_batch_items"],
-            max_image_pixels=cfg["max_image_pixels"],
-            max_decoded_pixels=cfg["max_decoded_pixels"],
-            dtype=self.input_dtype,
-        )
-        return request, batch
+        if kind == "image":  # the body is one encoded image; k comes in the query string
+            k = query_k(query)
+            named = [("the image", body)]
+            pixels, total = cfg["max_image_pixels"], cfg["max_decoded_pixels"]
+            batch = open_images(named, self.input_shape, pixels, total)
+        else:
+            request = parse_body(body, max_depth=cfg["max_json_depth"])
+            k = request.k if "k" in request.model_fields_set else None
+            batch = to_batch(
+                request,
+                self.input_shape,
+                max_items=cfg["max_batch_items"],
+                max_image_pixels=cfg["max_image_pixels"],
+                max_decoded_pixels=cfg["max_decoded_pixels"],
+                dtype=self.input_dtype,
+            )
+        return (cfg["default_k"] if k is None else k), batch
 
-    async def prepare(self, body: bytes) -> tuple[PredictRequest, np.ndarray]:
-        """The parsed request and its batch, or RequestError; off the event loop, so a
-        large request does not hold up the others while it decodes."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._decode_pool, self._prepare, body)
+    async def prepare(
+        self, body: bytes, kind: str, query: Mapping[str, str]
+    ) -> tuple[int, np.ndarray]:
+        """The request's k and its batch, or RequestError. `kind`: "json" or "image"
+        (check_content_type). A large body or image is parsed or decoded on the decode
+        threads, so that it does not hold up the other requests; a small one here, where
+        handing it to a thread would cost more than the work (and the GIL, in turn)."""
+        if len(body) > INLINE_BYTES:
+            k, batch = await self._off_loop(self._read, body, kind, query)
+        else:
+            k, batch = self._read(body, kind, query)
+        if isinstance(batch, Images):
+            small = batch.pixels <= INLINE_PIXELS
+            batch = batch.decode() if small else await self._off_loop(batch.decode)
+        return k, batch.astype(self.input_dtype, copy=False)
+
+    async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._decode_pool, fn, *args)
 
     async def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         if not self.cfg["batching"]:
@@ -437,6 +471,7 @@ class ModelServer:
                     "batch_wait_timeout_s": self.cfg["batch_wait_timeout_s"],
                     "batches_run": self.stats["batches"],
                     "requests_batched": self.stats["requests"],
+                    "replica": self.replica,  # whose counts these are
                 },
                 "limits": {
                     "max_payload_bytes": self.cfg["max_payload_bytes"],
@@ -565,6 +600,22 @@ def _inputs_text(server: ModelServer) -> str:
     )
 
 
+RAW_IMAGE_TYPES = ("image/png", "image/jpeg", "image/bmp")
+RAW_IMAGE = {
+    "type": "string",
+    "format": "binary",
+    "description": "one encoded image as the whole body (no base64, no JSON): decoded and "
+    "resized as `images` are; `k` goes in the query string",
+}
+K_QUERY = {
+    "name": "k",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "integer", "minimum": 1, "maximum": K_MAX},
+    "description": "labels to return (top-k), for a raw-image body; a JSON body gives `k`",
+}
+
+
 def _add_predict_route(app: FastAPI, server: ModelServer, errors: dict[int, Any]) -> None:
     """The labeller's POST /predict: tensors or images -> top-k labels, batched."""
     cfg = server.cfg
@@ -576,17 +627,20 @@ def _add_predict_route(app: FastAPI, server: ModelServer, errors: dict[int, Any]
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
-            }
+                "content": {
+                    "application/json": {"schema": PredictRequest.model_json_schema()},
+                    **{media: {"schema": RAW_IMAGE} for media in RAW_IMAGE_TYPES},
+                },
+            },
+            "parameters": [K_QUERY],
         },
         summary=PREDICT_SUMMARY,
     )
     async def predict(request: Request) -> JSONResponse:
-        check_content_type(request.headers.get("content-type"))
+        kind = check_content_type(request.headers.get("content-type"), images=True)
         body = await _read_limited(request, cfg["max_payload_bytes"])
-        req, batch = await server.prepare(body)
+        k, batch = await server.prepare(body, kind, request.query_params)
         outputs = await server.infer(batch)
-        k = req.k if "k" in req.model_fields_set else cfg["default_k"]
         scores = outputs.pop("scores")
         return JSONResponse(
             {

@@ -20,11 +20,12 @@ def healthy(url: str) -> bool:
 
 
 def http_json(method: str, url: str, body: object = None, *, raw: bytes | None = None,
-              token: str | None = None, timeout: float = 60) -> tuple[int, dict]:  # fmt: skip
+              token: str | None = None, timeout: float = 60,
+              content_type: str = "application/json") -> tuple[int, dict]:  # fmt: skip
     """(status, the JSON answer) of a request with a JSON body (or `raw` bytes); 4xx and 5xx
     are answers too. A body that is not JSON comes back as {"text": ...}."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": content_type}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(url, data=data, headers=headers, method=method)

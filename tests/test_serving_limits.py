@@ -18,7 +18,7 @@ from typing import Self
 
 import numpy as np
 import pytest
-from netutil import served_app
+from netutil import http_json, served_app
 from PIL import Image
 from test_serving import NAME, SHAPE, TOKEN, _b64, _http, _png, store  # noqa: F401
 
@@ -41,17 +41,27 @@ def _post(url: str, raw: bytes, content_type: str | None) -> tuple[int, dict]:
         headers["Content-Type"] = content_type
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
     try:
-        conn.request("POST", parts.path, body=raw, headers=headers)
+        path = f"{parts.path}?{parts.query}" if parts.query else parts.path
+        conn.request("POST", path, body=raw, headers=headers)
         response = conn.getresponse()
         return response.status, json.loads(response.read())
     finally:
         conn.close()
 
 
-def _encoded(size: tuple[int, int], fmt: str, color: tuple[int, int, int] = (30, 90, 200)) -> str:
+def _image(size: tuple[int, int], fmt: str, color: tuple[int, int, int] = (30, 90, 200)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, fmt)
-    return _b64(buf.getvalue())
+    return buf.getvalue()
+
+
+def _encoded(size: tuple[int, int], fmt: str, color: tuple[int, int, int] = (30, 90, 200)) -> str:
+    return _b64(_image(size, fmt, color))
+
+
+def _both_forms(url: str, image: bytes) -> list[tuple[int, dict]]:
+    """The answers to `image` sent in JSON (base64 in `images`) and as the raw body."""
+    return [_http("POST", url, {"images": [_b64(image)]}), _post(url, image, "image/png")]
 
 
 def _bomb_body() -> bytes:
@@ -198,21 +208,64 @@ def test_deeply_nested_json_gets_422(limited) -> None:
 
 @pytest.mark.parametrize("fmt", ["GIF", "WEBP", "TIFF"])
 def test_undocumented_image_formats_get_422(limited, fmt) -> None:
-    status, answer = _http("POST", limited["predict"], {"images": [_encoded((20, 20), fmt)]})
-    assert status == 422 and answer["error"] == "unsupported_image_format", answer
-    assert fmt in answer["detail"]
+    for status, answer in _both_forms(limited["predict"], _image((20, 20), fmt)):
+        assert status == 422 and answer["error"] == "unsupported_image_format", answer
+        assert fmt in answer["detail"]
 
 
 def test_documented_image_formats_are_served(limited) -> None:
-    images = [_encoded((20, 20), fmt) for fmt in ("PNG", "JPEG", "BMP")]
-    status, answer = _http("POST", limited["predict"], {"images": images, "k": 1})
+    images = [_image((20, 20), fmt) for fmt in ("PNG", "JPEG", "BMP")]
+    status, answer = _http(
+        "POST", limited["predict"], {"images": [_b64(i) for i in images], "k": 1}
+    )
     assert status == 200 and len(answer["predictions"]) == 3, answer
+    for image, media in zip(images, ("image/png", "image/jpeg", "image/bmp"), strict=True):
+        status, raw = _post(f"{limited['predict']}?k=1", image, media)
+        assert status == 200 and len(raw["predictions"]) == 1, raw
 
 
 def test_one_image_over_the_pixel_limit_gets_413(limited) -> None:
-    body = {"images": [_encoded((BIG + 1, BIG), "PNG")]}
-    status, answer = _http("POST", limited["predict"], body)
-    assert status == 413 and answer["error"] == "image_too_large", answer
+    for status, answer in _both_forms(limited["predict"], _image((BIG + 1, BIG), "PNG")):
+        assert status == 413 and answer["error"] == "image_too_large", answer
+
+
+def test_a_raw_image_body_is_answered_as_its_json_twin(limited) -> None:
+    """The same PNG as the body (image/png, k in the query) and base64 in JSON: the same
+    labels and probabilities; without `k` the default 3."""
+    png = _png((200, 20, 20), size=31)
+    status, raw = _post(f"{limited['predict']}?k=2", png, "image/png")
+    assert status == 200, raw
+    assert raw == _http("POST", limited["predict"], {"images": [_b64(png)], "k": 2})[1]
+    status, answer = _post(limited["predict"], png, "image/png")
+    assert status == 200 and len(answer["predictions"][0]) == 3, answer
+
+
+@pytest.mark.parametrize(
+    ("query", "raw", "status", "code"),
+    [
+        pytest.param("", b"", 422, "bad_image", id="empty"),
+        pytest.param("", b"GIF89a garbage", 422, "bad_image", id="undecodable"),
+        pytest.param("", _png((1, 2, 3))[:40], 422, "bad_image", id="truncated"),
+        pytest.param("", b'{"images": []}', 422, "bad_image", id="json-as-image"),
+        pytest.param("?k=0", _png((1, 2, 3)), 422, "invalid_request", id="k-zero"),
+        pytest.param("?k=two", _png((1, 2, 3)), 422, "invalid_request", id="k-word"),
+        pytest.param("?k=1.5", _png((1, 2, 3)), 422, "invalid_request", id="k-float"),
+        pytest.param("?top=2", _png((1, 2, 3)), 422, "invalid_request", id="unknown-parameter"),
+        pytest.param("", b"\0" * (MAX_PAYLOAD + 1), 413, "payload_too_large", id="payload"),
+    ],
+)
+def test_bad_raw_image_requests_get_4xx_and_the_server_keeps_serving(
+    limited, query, raw, status, code
+) -> None:
+    got, answer = _post(limited["predict"] + query, raw, "image/png")
+    assert got == status and answer["error"] == code and answer["detail"], answer
+    assert _post(limited["predict"], _png((1, 2, 3)), "image/png")[0] == 200
+
+
+def test_raw_image_requests_need_the_token(limited) -> None:
+    status, answer = http_json("POST", limited["predict"], raw=_png((1, 2, 3)), token=None,
+                               content_type="image/png")  # fmt: skip
+    assert status == 401 and answer["error"] == "unauthorized", answer
 
 
 @pytest.mark.parametrize(
