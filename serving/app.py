@@ -196,7 +196,9 @@ class ServeArgs(BaseModel):
     num_replicas: int | None = Field(None, ge=1)
     autoscaling_config: dict[str, Any] | None = None
     max_ongoing_requests: int | None = Field(None, ge=1)
-    access_log: bool = Field(True, description="log every request in the replica log")
+    # Off by default: a line per request costs the replica's event loop, the bottleneck
+    # (benchmarks/serve_load.py measures it).
+    access_log: bool = Field(False, description="log every request in the replica log")
     max_surge_percent: int | None = Field(
         None, ge=0, le=100, description="roll-over: extra replicas (default: one replica's worth)"
     )

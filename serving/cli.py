@@ -115,6 +115,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--replica-cpus", type=float, metavar="N", help="CPUs reserved per replica (default 1)"
     )
     p.add_argument(
+        "--access-log", action="store_true",
+        help="log every request in the replica logs (off by default: it costs throughput)",
+    )  # fmt: skip
+    p.add_argument(
         "--replica-gpus", type=float, metavar="N",
         help="GPUs per replica (default 0: CPU inference; > 0 runs the model on CUDA)",
     )  # fmt: skip
@@ -181,6 +185,8 @@ def _serve_args(args: argparse.Namespace) -> dict[str, Any]:
         out["batch_wait_timeout_s"] = args.batch_wait_ms / 1000
     if args.no_batching:
         out["batching"] = False
+    if args.access_log:
+        out["access_log"] = True
     if args.max_payload_bytes is not None:
         out["max_payload_bytes"] = args.max_payload_bytes
     if args.max_batch_items is not None:

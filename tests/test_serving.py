@@ -273,6 +273,27 @@ def test_cli_bad_input_exits_2(argv, message, tmp_path, monkeypatch, restore_env
     assert message in capsys.readouterr().err
 
 
+def _serve_flags(*flags: str) -> dict:
+    """The build_app args `skeptic serve m@a FLAGS` stands for."""
+    import argparse
+
+    from serving import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_commands(parser.add_subparsers(dest="command"))
+    return cli._serve_args(parser.parse_args(["serve", "m@a", *flags]))
+
+
+def test_access_log_is_off_unless_asked_for(store) -> None:
+    from serving.app import build_app
+
+    args = {"model": f"{NAME}@champion", "tracking_uri": store["uri"], "num_replicas": 1}
+    assert build_app(args)._bound_deployment.logging_config["enable_access_log"] is False
+    assert _serve_flags() == {} and _serve_flags("--access-log") == {"access_log": True}
+    logged = build_app({**args, **_serve_flags("--access-log")})._bound_deployment
+    assert logged.logging_config["enable_access_log"] is True
+
+
 def test_gpu_request_without_gpus_is_refused_before_deploying(ray_session, store) -> None:
     from serving.control import ServeControlError, deploy
 
