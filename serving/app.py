@@ -193,7 +193,9 @@ class ServeArgs(BaseModel):
         MAX_JSON_DEPTH, ge=2, le=200, description="nesting of the request JSON; 422 above"
     )
     default_k: int = Field(DEFAULT_K, ge=1)
-    num_replicas: int | None = Field(None, ge=1)
+    num_replicas: int | None = Field(
+        None, ge=1, description="default: one per core, at most 8 (auto_replicas); 1 on GPUs"
+    )
     autoscaling_config: dict[str, Any] | None = None
     max_ongoing_requests: int | None = Field(None, ge=1)
     # Off by default: a line per request costs the replica's event loop, the bottleneck
@@ -740,13 +742,36 @@ class TokenAuth:
 ModelServerDeployment = serve.deployment(name=DEPLOYMENT)(serve.ingress()(ModelServer))
 
 
+# What a replica reserves unless ray_actor_options says otherwise: half a core, since a
+# replica's event loop waits on the network much of the time, and one replica per core
+# with a whole core each would leave no room for the roll-over's extra replica.
+DEFAULT_ACTOR = {"num_cpus": 0.5}
+MAX_AUTO_REPLICAS = 8  # each replica is a process with its own torch and model
+
+
+def auto_replicas(replica_cpus: float, node_cpus: float) -> int:
+    """Replicas when neither num_replicas nor autoscaling_config is given: one per core of
+    the largest node (a replica answers from one Python thread, so one replica cannot use
+    a second core), at most MAX_AUTO_REPLICAS, and with one replica's CPUs left free for
+    the extra replica a roll-over starts."""
+    fits = int(node_cpus // replica_cpus) - 1 if replica_cpus > 0 else int(node_cpus)
+    return max(1, min(MAX_AUTO_REPLICAS, int(node_cpus), fits))
+
+
+def _node_cpus() -> float:
+    """The CPUs of the cluster's largest live node."""
+    import ray
+
+    return max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]), default=1.0)
+
+
 def replica_config(args: ServeArgs) -> dict[str, Any]:
     """Resolve the model (fails here, before any replica starts) and freeze what replicas need."""
     uri = resolve_tracking_uri(args.tracking_uri)
     resolved = resolve(parse_model_ref(args.model), uri)
     check_safe_format(resolved, uri)
     token = args.token or os.environ.get(TOKEN_ENV) or None
-    actor = dict(args.ray_actor_options or {"num_cpus": 1})
+    actor = dict(args.ray_actor_options or DEFAULT_ACTOR)
     return {
         "name": resolved.name,
         "version": resolved.version,
@@ -781,19 +806,22 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         cfg = replica_config(parsed)
     except ModelRefError as err:
         raise ValueError(str(err)) from None
+    actor = dict(parsed.ray_actor_options or DEFAULT_ACTOR)
     options: dict[str, Any] = {
-        "ray_actor_options": dict(parsed.ray_actor_options or {"num_cpus": 1}),
+        "ray_actor_options": actor,
         # A batch can only be as large as the requests a replica may hold at once.
         "max_ongoing_requests": parsed.max_ongoing_requests or max(64, 2 * parsed.max_batch_size),
         "logging_config": {"enable_access_log": parsed.access_log},
     }
     if parsed.autoscaling_config is not None:
         options["autoscaling_config"] = parsed.autoscaling_config
-    elif parsed.num_replicas is not None:
-        options["num_replicas"] = parsed.num_replicas
+        base = parsed.autoscaling_config.get("min_replicas") or 1
+    elif parsed.num_replicas is not None or actor.get("num_gpus"):
+        base = options["num_replicas"] = parsed.num_replicas or 1
+    else:
+        base = options["num_replicas"] = auto_replicas(actor.get("num_cpus", 1), _node_cpus())
     # A roll-over (new version) starts one replica of the new version before it stops one
     # of the old, so capacity never drops to zero (Serve's default is stop, then start).
-    base = parsed.num_replicas or (parsed.autoscaling_config or {}).get("min_replicas") or 1
     surge = parsed.max_surge_percent
     options["max_surge_percent"] = surge if surge is not None else -(-100 // max(1, base))
     return ModelServerDeployment.options(**options).bind(cfg)

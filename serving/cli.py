@@ -70,7 +70,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", help="address the HTTP proxy binds (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="HTTP port (default 8000)")
     scale = p.add_mutually_exclusive_group()
-    scale.add_argument("--replicas", type=int, metavar="N", help="fixed number of replicas")
+    scale.add_argument(
+        "--replicas", type=int, metavar="N",
+        help="fixed number of replicas (default: one per core, at most 8; 1 with --replica-gpus)",
+    )  # fmt: skip
     scale.add_argument(
         "--autoscale", metavar="MIN:MAX", help="autoscale between MIN and MAX replicas"
     )
@@ -112,7 +115,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "(default 33554432)",
     )  # fmt: skip
     p.add_argument(
-        "--replica-cpus", type=float, metavar="N", help="CPUs reserved per replica (default 1)"
+        "--replica-cpus", type=float, metavar="N", help="CPUs reserved per replica (default 0.5)"
     )
     p.add_argument(
         "--access-log", action="store_true",

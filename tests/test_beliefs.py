@@ -283,7 +283,7 @@ def test_smoke_sweep_logs_every_trial_the_verdict_and_a_champion(beliefs_smoke):
 def test_the_served_encoder_answers_text_over_http(beliefs_smoke, ray_session):
     uri, _, _ = beliefs_smoke
     args = {"model": "beliefs@champion", "tracking_uri": uri,
-            "ray_actor_options": {"num_cpus": 0.5}}  # fmt: skip
+            "ray_actor_options": {"num_cpus": 0.5}, "num_replicas": 1}  # fmt: skip
     with served_app(args, "beliefs", timeout_s=180) as base:
         body = {"beliefs": [AGREE + "The minimum wage should be raised",
                             "I disagree with the following: Taxes should be lowered"],

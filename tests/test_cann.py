@@ -202,7 +202,7 @@ def test_the_served_localiser_answers_places_scores_and_homographies_over_http(
     cann_smoke, ray_session
 ):
     uri, _, _ = cann_smoke
-    args = {"model": "cann@champion", "tracking_uri": uri, "ray_actor_options": {"num_cpus": 0.5}}
+    args = {"model": "cann@champion", "tracking_uri": uri, "num_replicas": 1}
     with served_app(args, "cann", timeout_s=180) as base:
         view = _places().database.images[0]
         body = {"images": [_png(view)], "k": 2}

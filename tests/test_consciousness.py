@@ -269,7 +269,7 @@ def test_the_served_champion_answers_with_its_conscious_state(consciousness_smok
     version = client.get_model_version_by_alias("consciousness", "champion")
     assert client.get_run(version.run_id).data.params["select"] == "topk"
     args = {"model": "consciousness@champion", "tracking_uri": uri,
-            "ray_actor_options": {"num_cpus": 0.5}}  # fmt: skip
+            "ray_actor_options": {"num_cpus": 0.5}, "num_replicas": 1}  # fmt: skip
     with served_app(args, "consciousness", timeout_s=180) as base:
         status, meta = http_json("GET", f"{base}/metadata", timeout=60)
         assert (meta["params"]["slots"], meta["params"]["cued"]) == (6, 2), meta

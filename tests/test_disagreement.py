@@ -384,7 +384,7 @@ def test_the_smoke_sweep_logs_a_run_per_cell_and_serves_its_scorer(disagreement_
     params = client.get_run(version.run_id).data.params
     assert (params["measure"], params["text"]) == ("combined", "present")
     args = {"model": "disagreement@champion", "tracking_uri": uri,
-            "ray_actor_options": {"num_cpus": 0.5}}  # fmt: skip
+            "ray_actor_options": {"num_cpus": 0.5}, "num_replicas": 1}  # fmt: skip
     with served_app(args, "disagreement", timeout_s=180) as base:
         status, meta = http_json("GET", f"{base}/metadata", timeout=60)
         assert status == 200, meta

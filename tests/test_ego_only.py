@@ -289,7 +289,7 @@ def test_the_smoke_sweep_shares_its_stages_and_serves_a_segmenter(ego_only_smoke
     assert len(trained) == 2 * 2  # exo MAE and ego MAE, per seed: shared by the trials
     version = client.get_model_version_by_alias("ego_only", "champion")
     args = {"model": "ego_only@champion", "tracking_uri": uri,
-            "ray_actor_options": {"num_cpus": 0.5}}  # fmt: skip
+            "ray_actor_options": {"num_cpus": 0.5}, "num_replicas": 1}  # fmt: skip
     with served_app(args, "ego_only", timeout_s=180) as base:
         status, meta = http_json("GET", f"{base}/metadata", timeout=60)
         assert status == 200 and meta["params"]["frames"] == 16, meta

@@ -143,7 +143,7 @@ def served(ray_session, store):
     """Serve on a free loopback port with the champion deployed at /large_batch (token on)."""
     args = {
         "model": f"{NAME}@champion", "tracking_uri": store["uri"], "token": TOKEN,
-        "ray_actor_options": {"num_cpus": 0.5}, "max_payload_bytes": 256 * 1024,
+        "ray_actor_options": {"num_cpus": 0.5}, "max_payload_bytes": 256 * 1024, "num_replicas": 1,
         "max_batch_items": 8, "max_batch_size": 16, "batch_wait_timeout_s": 0.005,
     }  # fmt: skip
     with served_app(args, NAME, TOKEN) as base:
@@ -294,6 +294,34 @@ def test_access_log_is_off_unless_asked_for(store) -> None:
     assert logged.logging_config["enable_access_log"] is True
 
 
+@pytest.mark.parametrize(
+    ("replica_cpus", "node_cpus", "replicas"),
+    [(0.5, 2, 2), (1, 2, 1), (0.5, 1, 1), (1, 16, 8), (0.5, 64, 8), (2, 8, 3), (0, 4, 4)],
+)
+def test_auto_replicas_one_per_core_with_room_for_a_rollover(
+    replica_cpus, node_cpus, replicas
+) -> None:
+    from serving.app import auto_replicas
+
+    assert auto_replicas(replica_cpus, node_cpus) == replicas
+
+
+def test_default_replicas_follow_the_cores(ray_session, store) -> None:
+    """The test cluster's node has 2 CPUs: two replicas of half a core each, a roll-over
+    surge of one; a GPU replica, a fixed count or autoscaling are left as asked."""
+    from serving.app import build_app
+
+    args = {"model": f"{NAME}@champion", "tracking_uri": store["uri"]}
+    auto = build_app(args)._bound_deployment
+    assert (auto.num_replicas, auto.ray_actor_options["num_cpus"]) == (2, 0.5)
+    assert auto._deployment_config.max_surge_percent == 50
+    assert build_app({**args, "num_replicas": 3})._bound_deployment.num_replicas == 3
+    gpu = build_app({**args, "ray_actor_options": {"num_gpus": 1}})._bound_deployment
+    assert gpu.num_replicas == 1
+    scaled = {**args, "autoscaling_config": {"min_replicas": 1, "max_replicas": 4}}
+    assert build_app(scaled)._bound_deployment._deployment_config.autoscaling_config
+
+
 def test_gpu_request_without_gpus_is_refused_before_deploying(ray_session, store) -> None:
     from serving.control import ServeControlError, deploy
 
@@ -372,8 +400,7 @@ def test_metadata_reports_a_champion_metric_that_is_not_val_acc(served, tmp_path
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     version = _register_flaky(uri, tmp_path / "artifacts", score=4.3)
     args = {
-        "model": "flaky@champion", "tracking_uri": uri, "token": TOKEN,
-        "ray_actor_options": {"num_cpus": 0.5},
+        "model": "flaky@champion", "tracking_uri": uri, "token": TOKEN, "num_replicas": 1,
     }  # fmt: skip
     try:
         deploy(args, "flaky")

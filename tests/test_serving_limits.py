@@ -112,6 +112,7 @@ def limited(ray_session, store):  # noqa: F811 (pytest passes the imported fixtu
     args = {
         "model": f"{NAME}@champion", "tracking_uri": store["uri"], "token": TOKEN,
         "ray_actor_options": {"num_cpus": 0.5}, "batch_wait_timeout_s": 0.005,
+        "num_replicas": 1,  # one replica: a blocked event loop would show in every answer
     }  # fmt: skip
     with served_app(args, APP, TOKEN) as base:
         yield {"base": base, "predict": f"{base}/predict"}

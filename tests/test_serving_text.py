@@ -61,6 +61,7 @@ def text_served(ray_session, tmp_path_factory):
     args = {
         "model": f"{APP}@champion", "tracking_uri": uri, "token": TOKEN,
         "ray_actor_options": {"num_cpus": 0.5}, "max_payload_bytes": 64 * 1024,
+        "num_replicas": 1,
     }  # fmt: skip
     with served_app(args, APP, TOKEN) as base:
         url = base.removesuffix(f"/{APP}")
