@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
+import orjson
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -153,7 +154,10 @@ def parse_json_object(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> dict[str,
         if depth > max_depth:
             raise _too_deep(f"the JSON nests {depth} levels deep, over the limit of {max_depth}")
     try:
-        obj = json.loads(body)
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:  # json decides (and names the error): it also reads
+            obj = json.loads(body)  # NaN and Infinity, which some clients send
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise RequestError(
             400, "malformed_json", f"request body is not valid JSON: {err}"

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -168,6 +169,13 @@ def _plain(value: Any) -> Any:
     return value
 
 
+class FastJSON(JSONResponse):
+    """A JSON response rendered by orjson (several times faster than the json module)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
 class ServeArgs(BaseModel):
     """The `args` of `serving.app:build_app` (config file, RayService, `skeptic serve`)."""
 
@@ -274,6 +282,7 @@ class ModelServer:
         self.endpoint_schemas = self._endpoint_schemas()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._waiting = 0  # requests in `infer`
         self._batched.set_max_batch_size(cfg["max_batch_size"])
         self._batched.set_batch_wait_timeout_s(cfg["batch_wait_timeout_s"])
         logger.info(
@@ -370,6 +379,10 @@ class ModelServer:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)  # set per replica in __init__
     async def _batched(self, batches: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        return await self._run(batches)
+
+    async def _run(self, batches: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """One forward pass over the requests' batches; each request's outputs."""
         self._idle.clear()
         try:
             self.stats["batches"] += 1
@@ -429,9 +442,16 @@ class ModelServer:
         # Serve closes the next batch batch_wait_timeout_s after its first request, even
         # while the model is still busy with the previous one: under load batches would stay
         # small. Requests that arrive while a batch runs wait here instead, and all join the
-        # next batch when it is done (continuous batching; no extra wait when idle).
-        await self._idle.wait()
-        return await self._batched(batch)
+        # next batch when it is done (continuous batching). A request with none other
+        # waiting for the model runs at once: Serve's timer would only make it wait alone.
+        self._waiting += 1
+        try:
+            await self._idle.wait()
+            if self._waiting == 1:
+                return (await self._run([batch]))[0]
+            return await self._batched(batch)
+        finally:
+            self._waiting -= 1
 
     def check_health(self) -> None:  # called by Serve
         if self.pyfunc is None:
@@ -539,24 +559,24 @@ def build_fastapi(server: ModelServer) -> FastAPI:
         openapi_url=None,
     )
 
-    def error(status: int, code: str, detail: str, headers: dict | None = None) -> JSONResponse:
-        return JSONResponse({"error": code, "detail": detail}, status, headers=headers)
+    def error(status: int, code: str, detail: str, headers: dict | None = None) -> FastJSON:
+        return FastJSON({"error": code, "detail": detail}, status, headers=headers)
 
     @app.exception_handler(RequestError)
-    async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
+    async def _request_error(_: Request, exc: RequestError) -> FastJSON:
         return error(exc.status, exc.code, exc.detail)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> FastJSON:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(_: Request, exc: RequestValidationError) -> FastJSON:
         return error(422, "invalid_request", str(jsonable_encoder(exc.errors()))[:2000])
 
     @app.exception_handler(Exception)
-    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+    async def _internal(_: Request, exc: Exception) -> FastJSON:
         logger.exception("unhandled error in %s", server.name)
         return error(500, "internal_error", f"{type(exc).__name__}: the server failed")
 
@@ -581,8 +601,8 @@ def build_fastapi(server: ModelServer) -> FastAPI:
         return server.metadata()
 
     @app.get("/openapi.json", include_in_schema=False)
-    async def openapi() -> JSONResponse:
-        return JSONResponse(app.openapi())
+    async def openapi() -> FastJSON:
+        return FastJSON(app.openapi())
 
     @app.get("/docs", include_in_schema=False)
     async def docs(request: Request) -> HTMLResponse:
@@ -640,13 +660,13 @@ def _add_predict_route(app: FastAPI, server: ModelServer, errors: dict[int, Any]
         },
         summary=PREDICT_SUMMARY,
     )
-    async def predict(request: Request) -> JSONResponse:
+    async def predict(request: Request) -> FastJSON:
         kind = check_content_type(request.headers.get("content-type"), images=True)
         body = await _read_limited(request, cfg["max_payload_bytes"])
         k, batch = await server.prepare(body, kind, request.query_params)
         outputs = await server.infer(batch)
         scores = outputs.pop("scores")
-        return JSONResponse(
+        return FastJSON(
             {
                 "model": server.name,
                 "version": server.version,
@@ -667,11 +687,11 @@ def _add_study_route(
     response schema plus `model` and `version`."""
     cfg = server.cfg
 
-    async def answer(request: Request) -> JSONResponse:
+    async def answer(request: Request) -> FastJSON:
         check_content_type(request.headers.get("content-type"))
         body = await _read_limited(request, cfg["max_payload_bytes"])
         parsed = await server.parse(route, body)
-        return JSONResponse(await server.handle(route, parsed))
+        return FastJSON(await server.handle(route, parsed))
 
     # The body is read by hand (so the guards run first); its schema is documented here,
     # with nested models' definitions moved to the OpenAPI components.
@@ -725,7 +745,7 @@ class TokenAuth:
                     break
             if not token_ok(auth, self.digest):
                 detail = "missing API token" if not auth else "wrong API token"
-                response = JSONResponse(
+                response = FastJSON(
                     {
                         "error": "unauthorized",
                         "detail": f"{detail}: send Authorization: Bearer <token>",

@@ -490,6 +490,35 @@ def test_token_is_enforced_everywhere(served) -> None:
     assert _http("POST", f"{served['base']}/predict", body)[0] == 200
 
 
+def test_a_lone_request_does_not_wait_for_a_batch_and_concurrent_ones_share_one(
+    served, store
+) -> None:
+    """With a batch wait of half a second: a request with no other waiting for the model
+    is answered at once; six at once still share forward passes."""
+    from ray import serve
+
+    from serving.control import deploy, wait_healthy
+
+    args = {**served["args"], "batch_wait_timeout_s": 0.5}
+    body = {"inputs": np.zeros((1, *SHAPE)).tolist()}
+    try:
+        deploy(args, "patient")
+        base = f"http://127.0.0.1:{served['port']}/patient"
+        wait_healthy(base, TOKEN, timeout_s=120)
+        _http("POST", f"{base}/predict", body)
+        started = time.perf_counter()
+        status, _ = _http("POST", f"{base}/predict", body)
+        lone = time.perf_counter() - started
+        before = _http("GET", f"{base}/metadata")[1]["batching"]["batches_run"]
+        with ThreadPoolExecutor(6) as pool:
+            statuses = list(pool.map(lambda _: _http("POST", f"{base}/predict", body)[0], range(6)))
+        batches = _http("GET", f"{base}/metadata")[1]["batching"]["batches_run"] - before
+    finally:
+        serve.delete("patient", _blocking=False)
+    assert status == 200 and lone < 0.25, f"a lone request took {lone:.2f}s"
+    assert statuses == [200] * 6 and batches < 6, (statuses, batches)
+
+
 @pytest.mark.slow
 def test_300_requests_at_concurrency_8_without_errors(served) -> None:
     rng = np.random.default_rng(1)
