@@ -508,8 +508,26 @@ class ModelServer:
         )
         return meta
 
-    def __serve_build_asgi_app__(self) -> FastAPI:  # Serve calls it after __init__
-        return build_fastapi(self)
+    async def predict(self, request: Request) -> dict[str, Any]:
+        """The answer to POST /predict (the labeller's route), or RequestError."""
+        cfg = self.cfg
+        kind = check_content_type(request.headers.get("content-type"), images=True)
+        body = await _read_limited(request, cfg["max_payload_bytes"])
+        k, batch = await self.prepare(body, kind, request.query_params)
+        outputs = await self.infer(batch)
+        scores = outputs.pop("scores")
+        return {
+            "model": self.name,
+            "version": self.version,
+            "predictions": top_k(scores, self.class_names, k, outputs, self.score_key),
+        }
+
+    def __serve_build_asgi_app__(self) -> Any:  # Serve calls it after __init__
+        app: Any = build_fastapi(self)
+        if not self.routes:
+            app = PredictFirst(app, self)
+        digest = self.cfg.get("token_sha256")
+        return TokenAuth(app, digest) if digest else app
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
@@ -532,6 +550,40 @@ async def _read_limited(request: Request, limit: int) -> bytes:
 
 def _too_large(size: int, limit: int, more: bool = False) -> str:
     return f"request body is {'over ' if more else ''}{size} bytes, over the limit of {limit}"
+
+
+def _error(status: int, code: str, detail: str, headers: dict | None = None) -> FastJSON:
+    return FastJSON({"error": code, "detail": detail}, status, headers=headers)
+
+
+def _internal_error(server: ModelServer, exc: Exception) -> FastJSON:
+    logger.exception("unhandled error in %s", server.name, exc_info=exc)
+    return _error(500, "internal_error", f"{type(exc).__name__}: the server failed")
+
+
+class PredictFirst:
+    """A labeller replica's ASGI app: POST /predict goes straight to the model server;
+    every other request to the FastAPI app (which documents /predict too). FastAPI's
+    middleware, routing and dependency solving, and Ray's matching of each request
+    against every route to name it in metrics, cost the event loop (the replica's
+    bottleneck) more than a small request's own work. Without `routes`, Ray names this
+    app's requests by its route prefix in metrics."""
+
+    def __init__(self, app: FastAPI, server: ModelServer) -> None:
+        self.app, self.server = app, server
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")[len(scope.get("root_path", "")) :]
+        if scope["type"] != "http" or scope["method"] != "POST" or path != "/predict":
+            await self.app(scope, receive, send)
+            return
+        try:
+            response = FastJSON(await self.server.predict(Request(scope, receive)))
+        except RequestError as err:
+            response = _error(err.status, err.code, err.detail)
+        except Exception as err:  # noqa: BLE001  (a 500 that names no internals, logged)
+            response = _internal_error(self.server, err)
+        await response(scope, receive, send)
 
 
 def build_fastapi(server: ModelServer) -> FastAPI:
@@ -559,30 +611,22 @@ def build_fastapi(server: ModelServer) -> FastAPI:
         openapi_url=None,
     )
 
-    def error(status: int, code: str, detail: str, headers: dict | None = None) -> FastJSON:
-        return FastJSON({"error": code, "detail": detail}, status, headers=headers)
-
     @app.exception_handler(RequestError)
     async def _request_error(_: Request, exc: RequestError) -> FastJSON:
-        return error(exc.status, exc.code, exc.detail)
+        return _error(exc.status, exc.code, exc.detail)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> FastJSON:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+        return _error(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> FastJSON:
-        return error(422, "invalid_request", str(jsonable_encoder(exc.errors()))[:2000])
+        return _error(422, "invalid_request", str(jsonable_encoder(exc.errors()))[:2000])
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> FastJSON:
-        logger.exception("unhandled error in %s", server.name)
-        return error(500, "internal_error", f"{type(exc).__name__}: the server failed")
-
-    digest = cfg.get("token_sha256")
-    if digest:
-        app.add_middleware(TokenAuth, digest=digest)
+        return _internal_error(server, exc)
 
     if server.routes:
         extra_schemas: dict[str, Any] = {}
@@ -642,7 +686,6 @@ K_QUERY = {
 
 def _add_predict_route(app: FastAPI, server: ModelServer, errors: dict[int, Any]) -> None:
     """The labeller's POST /predict: tensors or images -> top-k labels, batched."""
-    cfg = server.cfg
 
     @app.post(
         "/predict",
@@ -660,19 +703,8 @@ def _add_predict_route(app: FastAPI, server: ModelServer, errors: dict[int, Any]
         },
         summary=PREDICT_SUMMARY,
     )
-    async def predict(request: Request) -> FastJSON:
-        kind = check_content_type(request.headers.get("content-type"), images=True)
-        body = await _read_limited(request, cfg["max_payload_bytes"])
-        k, batch = await server.prepare(body, kind, request.query_params)
-        outputs = await server.infer(batch)
-        scores = outputs.pop("scores")
-        return FastJSON(
-            {
-                "model": server.name,
-                "version": server.version,
-                "predictions": top_k(scores, server.class_names, k, outputs, server.score_key),
-            }
-        )
+    async def predict(request: Request) -> FastJSON:  # reached only past PredictFirst
+        return FastJSON(await server.predict(request))
 
 
 def _add_study_route(
