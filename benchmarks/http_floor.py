@@ -3,7 +3,8 @@ plain FastAPI + uvicorn app with simple asyncio micro-batching, no Ray, no check
 what decoding needs. It is what any Python HTTP server pays on these cores; `skeptic
 serve` is measured against it. Not part of the product.
 
-POST /predict takes Skeptic's body ({"images": [base64 PNG, ...]}), decodes it with the
+POST /predict takes Skeptic's body ({"images": [base64 PNG, ...]}, or one image as the
+body with an image/* Content-Type), decodes it with the
 same preprocessing (skeptic.data.imagefolder.image_to_array), and answers the top-3
 labels. Requests that arrive while a batch runs join the next one (as Skeptic's replica
 does); an idle server waits at most FLOOR_BATCH_WAIT_MS for company.
@@ -86,13 +87,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 app = FastAPI(lifespan=lifespan)
 
 
-def _decode(body: bytes, size: int) -> np.ndarray:
+def _decode(body: bytes, size: int, content_type: str) -> np.ndarray:
     from skeptic.data.imagefolder import image_to_array
 
-    images = json.loads(body)["images"]
+    raw = content_type.startswith("image/")  # the body is one image
+    images = (
+        [body] if raw else [base64.b64decode(t) for t in json.loads(body)["images"]]
+    )
     out = np.empty((len(images), 3, size, size), dtype=np.float32)
-    for i, text in enumerate(images):
-        with Image.open(io.BytesIO(base64.b64decode(text))) as im:
+    for i, data in enumerate(images):
+        with Image.open(io.BytesIO(data)) as im:
             out[i] = image_to_array(im, size)
     return out
 
@@ -105,11 +109,14 @@ async def healthz() -> dict[str, str]:
 @app.post("/predict")
 async def predict(request: Request) -> JSONResponse:
     state = request.app.state
-    x = _decode(await request.body(), state.size)
+    x = _decode(
+        await request.body(), state.size, request.headers.get("content-type", "")
+    )
     scores = np.asarray(await state.batcher.submit(x))
     top = np.argsort(-scores, axis=1)[:, :3]
     names = state.classes or [str(i) for i in range(scores.shape[1])]
     answer = [
-        [{"label": names[j], "score": float(s[j])} for j in row] for s, row in zip(scores, top)
+        [{"label": names[j], "score": float(s[j])} for j in row]
+        for s, row in zip(scores, top)
     ]
     return JSONResponse({"predictions": answer})
