@@ -626,7 +626,10 @@ def test_rayservice_serve_config(flavour):
     (wait,) = head["initContainers"]
     assert {"name": "SKEPTIC_MODEL", "value": app["args"]["model"]} in wait["env"]
     # Every Ray pod starts Serve in the HAProxy ingress mode that `skeptic serve` uses.
-    wanted = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    wanted = {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
+    }  # fmt: skip
     for where, template in pod_templates(service):
         for container in template["spec"]["containers"]:
             env = {e["name"]: e.get("value") for e in container.get("env") or []}
