@@ -476,6 +476,14 @@ def test_bad_input_gets_4xx_and_the_server_keeps_serving(served, request_, statu
     assert ok == 200 and answer["predictions"], answer
 
 
+def test_other_methods_and_paths_get_the_documented_errors(served) -> None:
+    """POST /predict is answered before FastAPI's routing; the rest still goes through it."""
+    status, answer = _http("GET", f"{served['base']}/predict")
+    assert status == 405 and answer["error"] == "method_not_allowed", answer
+    status, answer = _http("POST", f"{served['base']}/nosuch", {"inputs": []})
+    assert status == 404 and answer["error"] == "not_found", answer
+
+
 def test_token_is_enforced_everywhere(served) -> None:
     body = {"inputs": np.zeros((1, *SHAPE)).tolist()}
     for path, method in (("/predict", "POST"), ("/metadata", "GET"), ("/docs", "GET")):
