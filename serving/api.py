@@ -107,8 +107,8 @@ def _is_json(media: str) -> bool:
 
 
 def check_content_type(header: str | None, *, images: bool = False) -> str:
-    """ "json" for a body declared JSON (`application/json`, `application/*+json`); with
-    `images`, "image" for a raw image (`image/*`: the format itself is checked from its
+    """What the body is: "json" if declared JSON (`application/json`, `application/*+json`);
+    with `images`, "image" for one raw image (`image/*`: its format is checked from its
     bytes); else 415. A text/plain or form body is a client mistake (and a browser sends
     those cross-site without asking first)."""
     media = _media_type(header)
