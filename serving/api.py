@@ -210,11 +210,10 @@ def to_batch(
     max_items: int,
     max_image_pixels: int | None = None,
     max_decoded_pixels: int | None = None,
-    dtype: str = "float32",
 ) -> np.ndarray | Images:
-    """The request's items as one array of shape (N, *input_shape) and the signature's
-    dtype (float32 for every Skeptic model), or, for `images`, the checked images whose
-    `decode` makes that array (decoding is the CPU-bound part: see Images.pixels)."""
+    """The request's items as one float32 array of shape (N, *input_shape), or, for
+    `images`, the checked images whose `decode` makes that array (decoding is the
+    CPU-bound part: see Images.pixels). The caller casts to the signature's dtype."""
     items = request.inputs if request.inputs is not None else request.images
     field = "inputs" if request.inputs is not None else "images"
     if not items:
@@ -228,7 +227,7 @@ def to_batch(
     if request.images is not None:
         named = [(f"images[{i}]", _b64decode(i, text)) for i, text in enumerate(request.images)]
         return open_images(named, input_shape, max_image_pixels, max_decoded_pixels)
-    return _inputs_to_batch(request.inputs, input_shape).astype(dtype, copy=False)
+    return _inputs_to_batch(request.inputs, input_shape)
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:

@@ -413,7 +413,6 @@ class ModelServer:
                 max_items=cfg["max_batch_items"],
                 max_image_pixels=cfg["max_image_pixels"],
                 max_decoded_pixels=cfg["max_decoded_pixels"],
-                dtype=self.input_dtype,
             )
         return (cfg["default_k"] if k is None else k), batch
 
